@@ -1,0 +1,192 @@
+"""Shared attack machinery: the result record, the objective, projection and the registry.
+
+Every attack is ``fn(model, x, y, *, seed, **params) -> AttackResult`` with images ``[N,3,H,W]``
+in [0,1]. The objective an attack *ascends* is
+
+    untargeted:  CE(logits, y)        − penalty
+    targeted:   −CE(logits, target)   − penalty
+
+where ``penalty = loss_fn(x_adv, logits, maps)`` is an optional extra term (per-image ``[N]`` or
+a scalar) that attacks on the explainer use (DESIGN §5); ``maps`` are computed differentiably
+from the same forward when ``explainer`` is given.
+"""
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.nn import functional as F
+
+from .._checks import AdvlensError, check_images, unknown_name
+from ..explain.api import layers_for, maps_from_pass
+from ..explain.engine import check_model, forward_backward
+from ..models.wrapper import ClassifierModel
+
+__all__ = [
+    "AttackResult", "attack", "list_attacks", "register_attack", "objective_grad", "project_linf", "finish",
+]
+
+LossFn = Callable[[torch.Tensor, torch.Tensor, "dict[str, dict[str, torch.Tensor]] | None"], torch.Tensor]
+
+
+@dataclass
+class AttackResult:
+    """Outcome of an attack on a batch.
+
+    Attributes:
+        x_adv: ``[N,3,H,W]`` adversarial images in [0,1].
+        success: ``[N]`` bool — prediction differs from ``y`` (untargeted) or equals ``target``.
+        pred: ``[N]`` predicted class of ``x_adv``.
+        confidence: ``[N]`` softmax probability of ``pred``.
+        time_s: wall-clock seconds for the whole batch.
+        y: ``[N]`` the labels attacked (given, or the clean predictions).
+        params: the attack's parameters (for results tables).
+        extras: per-attack outputs, e.g. ``eps`` ``[N]`` (minimal flipping eps) for ``ifgsm``.
+    """
+
+    x_adv: torch.Tensor
+    success: torch.Tensor
+    pred: torch.Tensor
+    confidence: torch.Tensor
+    time_s: float
+    y: torch.Tensor
+    params: dict[str, Any] = field(default_factory=dict)
+    extras: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def success_rate(self) -> float:
+        return float(self.success.float().mean())
+
+
+_REGISTRY: dict[str, Callable[..., AttackResult]] = {}
+
+
+def register_attack(name: str):
+    def deco(fn):
+        _REGISTRY[name] = fn
+        return fn
+
+    return deco
+
+
+def list_attacks() -> list[str]:
+    return list(_REGISTRY)
+
+
+def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Project onto the L∞ ball of radius ``eps`` around ``x`` and onto [0,1]."""
+    return torch.clamp(x + torch.clamp(x_adv - x, -eps, eps), 0.0, 1.0)
+
+
+def objective_grad(
+    model: ClassifierModel,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor | None = None,
+    loss_fn: LossFn | None = None,
+    explainer: dict[str, Any] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of the attack objective (see module docstring) w.r.t. ``x_adv``, and the logits.
+
+    Args:
+        explainer: ``{"method": str, "layers": str | list, "target": None | int | Tensor}``;
+            when given, ``loss_fn`` receives ``{method: {layer: map}}`` computed differentiably
+            from the same forward pass.
+    """
+    xa = x_adv.detach().requires_grad_(True)
+    maps = None
+    with torch.enable_grad():
+        if explainer is not None:
+            method = explainer.get("method", "gradcam")
+            names = layers_for(model, method, explainer.get("layers", "all"))
+            p = forward_backward(
+                model, xa, names, explainer.get("target"), create_graph=True,
+                input_grad=method == "saliency", check=False,
+            )
+            logits = p.logits
+            maps = maps_from_pass(model, p, {method: names})
+        else:
+            logits = model(xa)
+        if target is None:
+            obj = F.cross_entropy(logits, y, reduction="sum")
+        else:
+            obj = -F.cross_entropy(logits, target, reduction="sum")
+        if loss_fn is not None:
+            obj = obj - loss_fn(xa, logits, maps).sum()
+        (grad,) = torch.autograd.grad(obj, xa)
+    return grad, logits.detach()
+
+
+def finish(
+    model: ClassifierModel,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor | None,
+    start: float,
+    params: dict[str, Any],
+    extras: dict[str, torch.Tensor] | None = None,
+) -> AttackResult:
+    """Evaluate ``x_adv`` once and build the :class:`AttackResult`."""
+    with torch.no_grad():
+        prob = model(x_adv).softmax(1)
+    conf, pred = prob.max(1)
+    success = pred == target if target is not None else pred != y
+    return AttackResult(
+        x_adv=x_adv.detach(), success=success, pred=pred, confidence=conf,
+        time_s=time.perf_counter() - start, y=y, params=params, extras=extras or {},
+    )
+
+
+def _labels(model: ClassifierModel, x: torch.Tensor, y: torch.Tensor | Sequence[int] | None, name: str):
+    n, c = len(x), len(model.labels)
+    if y is None:
+        return model.predict(x)
+    y = torch.as_tensor(y, device=x.device).long().reshape(-1)
+    if y.ndim == 0 or y.shape != (n,):
+        raise AdvlensError(f"{name} must have shape [{n}], got {list(y.shape)}")
+    if ((y < 0) | (y >= c)).any():
+        raise AdvlensError(f"{name} holds a class outside [0, {c - 1}]: {y.tolist()[:8]}")
+    return y
+
+
+def attack(
+    model: ClassifierModel,
+    x: torch.Tensor,
+    y: torch.Tensor | None = None,
+    method: str = "pgd",
+    seed: int = 0,
+    target: int | torch.Tensor | None = None,
+    **params: Any,
+) -> AttackResult:
+    """Attack ``model`` on ``x`` with ``method``.
+
+    Args:
+        model: a :class:`~advlens.models.ClassifierModel`.
+        x: ``[N,3,H,W]`` in [0,1] on the model's device.
+        y: true labels ``[N]``; None uses the model's clean predictions.
+        method: one of :func:`list_attacks`.
+        seed: randomness (random start, noise).
+        target: targeted attack toward this class (int or ``[N]``); None = untargeted.
+        **params: the method's parameters (``eps``, ``steps``, ``alpha``, …).
+
+    Example:
+        >>> res = attack(model, x, y, method="pgd", eps=8/255, steps=10)
+        >>> res.success.float().mean()
+    """
+    model = check_model(model)
+    check_images(x)
+    if method not in _REGISTRY:
+        raise unknown_name("attack", method, list_attacks())
+    fn = _REGISTRY[method]
+    accepted = set(inspect.signature(fn).parameters) - {"model", "x", "y", "target", "seed"}
+    bad = sorted(set(params) - accepted)
+    if bad:
+        raise AdvlensError(f"unknown parameter(s) {bad} for attack {method!r} (accepted: {sorted(accepted)})")
+    y = _labels(model, x, y, "y")
+    if target is not None:
+        target = _labels(model, x, torch.as_tensor(target).expand(len(x)), "target")
+    return fn(model, x, y, target=target, seed=seed, **params)

@@ -1,0 +1,185 @@
+"""Image I/O and geometry: read files with PIL, convert arrays to RGB tensors, crop and resize.
+
+numpy appears only at the I/O boundary; everything after :func:`array_to_tensor` is torch.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from advlens._checks import AdvlensError
+
+__all__ = [
+    "IMAGE_SUFFIXES", "parse_size", "array_to_tensor", "read_image_file", "crop_box", "crop_resize",
+    "grey_to_batch", "is_image_path", "images_under", "describe_suffixes",
+]
+
+#: File name endings read as images when scanning folders (other files are skipped).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+
+
+def parse_size(size: int | Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
+    """Turn ``size`` (``None``, an int for a square, or ``(H, W)``) into ``(H, W)``.
+
+    Raises:
+        AdvlensError: not a positive int or a pair of positive ints.
+    """
+    if size is None:
+        return default
+    if isinstance(size, (int, np.integer)) and not isinstance(size, bool):
+        pair: tuple[object, ...] = (int(size), int(size))
+    elif isinstance(size, (tuple, list)) and len(size) == 2:
+        pair = tuple(size)
+    else:
+        raise AdvlensError(f"size must be an int or a pair (H, W) of ints, got {size!r}")
+    if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in pair):
+        raise AdvlensError(f"size must hold positive ints, got {size!r}")
+    return int(pair[0]), int(pair[1])  # type: ignore[call-overload]
+
+
+def _composite_on_white(rgba: Tensor) -> Tensor:
+    """``[4, H, W]`` float in [0,1] -> ``[3, H, W]`` composited over a white background."""
+    alpha = rgba[3:4]
+    return rgba[:3] * alpha + (1.0 - alpha)
+
+
+def array_to_tensor(arr: np.ndarray) -> Tensor:
+    """Convert one image array to an RGB float tensor.
+
+    Accepts ``[H, W]`` (grey), ``[H, W, 1]``, ``[H, W, 3]`` or ``[H, W, 4]`` (alpha composited over white),
+    of dtype uint8 (/255), uint16 (/65535), bool, or float (assumed in [0, 1], clipped).
+
+    Returns:
+        float32 tensor ``[3, H, W]`` in [0, 1].
+    """
+    a = np.asarray(arr)
+    if a.dtype == np.uint8:
+        t = torch.from_numpy(a.astype(np.float32)).div_(255.0)
+    elif a.dtype == np.uint16:
+        t = torch.from_numpy(a.astype(np.float32)).div_(65535.0)
+    elif a.dtype == np.bool_ or np.issubdtype(a.dtype, np.floating):
+        t = torch.from_numpy(a.astype(np.float32)).clamp_(0.0, 1.0)
+    else:
+        raise AdvlensError(f"unsupported image dtype {a.dtype}; expected uint8, uint16, bool or float")
+    if t.ndim == 2:
+        t = t[None]
+    elif t.ndim == 3 and t.shape[2] in (1, 3, 4):
+        t = t.permute(2, 0, 1)
+    else:
+        raise AdvlensError(f"unsupported image array shape {list(a.shape)}; expected [H,W] or [H,W,1|3|4]")
+    if t.shape[0] == 4:
+        t = _composite_on_white(t)
+    elif t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    return t.contiguous()
+
+
+def _pil_to_array(im: object) -> np.ndarray:
+    """Convert a loaded PIL image to uint8/float numpy ``[H, W, C]`` keeping transparency as an alpha channel."""
+    mode = im.mode  # type: ignore[attr-defined]
+    if mode in ("I", "F") or mode.startswith("I;16"):
+        a = np.asarray(im, dtype=np.float32)
+        top = 65535.0 if (mode.startswith("I;16") or a.max(initial=0) > 255) else 255.0
+        return np.clip(a / (1.0 if mode == "F" and a.max(initial=0) <= 1.0 else top), 0.0, 1.0)
+    has_alpha = mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info)  # type: ignore[attr-defined]
+    return np.asarray(im.convert("RGBA" if has_alpha else "RGB"))  # type: ignore[attr-defined]
+
+
+def read_image_file(path: str | Path) -> Tensor:
+    """Read one image file fully (so truncated files are caught), applying its EXIF orientation.
+
+    Returns:
+        float32 tensor ``[3, H, W]`` in [0, 1] (grey and palette images become RGB; alpha goes over white).
+
+    Raises:
+        AdvlensError: the file is missing, not an image, or corrupt/truncated (the message names the file).
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise AdvlensError(f"no such image file: '{path}'")
+    try:
+        with Image.open(path) as im:
+            im.load()  # decodes every byte: raises on truncated or corrupt data
+            arr = _pil_to_array(ImageOps.exif_transpose(im))
+    except UnidentifiedImageError:
+        raise AdvlensError(f"cannot read image file '{path}': not a recognised image format") from None
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, EOFError, DecompressionBombError…
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise AdvlensError(f"cannot read image file '{path}': corrupt or truncated ({detail})") from None
+    return array_to_tensor(arr)
+
+
+def crop_box(height: int, width: int, size: tuple[int, int], scale: float = 1.0,
+             fy: float = 0.5, fx: float = 0.5) -> tuple[int, int, int, int]:
+    """The crop ``(top, left, h, w)`` with the aspect ratio of ``size``, as large as fits times ``scale``.
+
+    ``scale=1, fy=fx=0.5`` is the center crop (a centered square for a square ``size``); ``fy``/``fx`` in
+    [0, 1] place the box from top/left to bottom/right.
+    """
+    aspect = size[1] / size[0]
+    box_h = min(float(height), width / aspect) * scale
+    ch = max(1, min(height, int(round(box_h))))
+    cw = max(1, min(width, int(round(box_h * aspect))))
+    top = int(round(fy * (height - ch)))
+    left = int(round(fx * (width - cw)))
+    return top, left, ch, cw
+
+
+def crop_resize(img: Tensor, size: tuple[int, int], box: tuple[int, int, int, int] | None = None,
+                flip: bool = False) -> Tensor:
+    """Crop ``img`` to ``box`` (default: the center crop of :func:`crop_box`) and resize it to ``size``.
+
+    Resizing is bilinear with antialiasing (so shrinking a large photo does not alias).
+
+    Args:
+        img: ``[C, H, W]`` or ``[N, C, H, W]`` float tensor.
+        size: output ``(H, W)``.
+        box: ``(top, left, h, w)`` crop in input pixels.
+        flip: mirror horizontally after resizing.
+
+    Returns:
+        ``[C, *size]`` or ``[N, C, *size]`` float tensor, clamped to [0, 1].
+    """
+    single = img.ndim == 3
+    batch = img[None] if single else img
+    top, left, ch, cw = box if box is not None else crop_box(batch.shape[-2], batch.shape[-1], size)
+    batch = batch[..., top:top + ch, left:left + cw].float()
+    if tuple(batch.shape[-2:]) != tuple(size):
+        batch = F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=True)
+    if flip:
+        batch = batch.flip(-1)
+    batch = batch.clamp(0.0, 1.0)
+    return batch[0] if single else batch
+
+
+def grey_to_batch(grey: Tensor, size: tuple[int, int]) -> Tensor:
+    """Resize a stack of grey images ``[N, h, w]`` in [0, 1] to RGB ``[N, 3, *size]`` (bilinear, no crop)."""
+    g = grey[:, None].float()
+    if tuple(g.shape[-2:]) != tuple(size):
+        g = F.interpolate(g, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return g.clamp_(0.0, 1.0).expand(-1, 3, -1, -1).contiguous()
+
+
+def is_image_path(path: Path) -> bool:
+    """True for a visible regular file whose suffix is in :data:`IMAGE_SUFFIXES`."""
+    return path.is_file() and not path.name.startswith(".") and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def images_under(folder: Path, recursive: bool) -> list[Path]:
+    """Sorted image files in ``folder`` (and its subfolders when ``recursive``), hidden ones skipped."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    keep = [p for p in found if is_image_path(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    return sorted(keep)
+
+
+def describe_suffixes() -> str:
+    """A short list of the image suffixes looked for, for error messages."""
+    return ", ".join(IMAGE_SUFFIXES[:5]) + ", …"
+

@@ -1,0 +1,183 @@
+"""``explain``: maps of one or several methods at every requested layer from one pass."""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+from torch.nn import functional as F
+
+from .._checks import AdvlensError, check_images, unknown_name
+from ..models.wrapper import ClassifierModel
+from . import cam as _cam
+from .engine import Pass, check_model, forward_backward
+from .gradient import saliency_from_grad, smoothgrad
+
+__all__ = ["explain", "explain_many", "layers_for", "list_methods", "maps_from_pass", "normalize_maps", "LAYER_METHODS"]
+
+#: Methods computed from (activation, gradient) pairs of a layer.
+LAYER_METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "gradcam": _cam.gradcam,
+    "gradcam++": _cam.gradcam_pp,
+    "layercam": _cam.layercam,
+    "noisecam": _cam.noisecam,
+}
+_HEAD_METHODS = ("cam",)  # needs the classifier weights at model.cam_layer
+_INPUT_METHODS = ("saliency", "smoothgrad")  # maps over input pixels, key "input"
+
+
+def list_methods() -> list[str]:
+    """Names accepted by :func:`explain`."""
+    return [*LAYER_METHODS, *_HEAD_METHODS, *_INPUT_METHODS]
+
+
+def normalize_maps(m: torch.Tensor) -> torch.Tensor:
+    """Min–max normalize each map of ``m`` ``[N,H,W]`` to [0,1]; a constant map becomes 0."""
+    lo = m.amin(dim=(1, 2), keepdim=True)
+    rng = m.amax(dim=(1, 2), keepdim=True) - lo
+    return (m - lo) / torch.where(rng > 0, rng, torch.ones_like(rng))
+
+
+def _finish(raw: torch.Tensor, size: tuple[int, int], normalize: bool) -> torch.Tensor:
+    """Upsample ``[N,h,w]`` bilinearly (half-pixel centres) to ``size``, then normalize."""
+    if tuple(raw.shape[-2:]) != tuple(size):
+        raw = F.interpolate(raw[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return normalize_maps(raw) if normalize else raw
+
+
+def layers_for(model: ClassifierModel, method: str, layers: str | Sequence[str]) -> list[str]:
+    """Layers ``method`` is computed at: none for input-pixel methods, the CAM layer for ``cam``."""
+    if method in _INPUT_METHODS:
+        return []
+    if method in _HEAD_METHODS:
+        if model.cam_layer is None or model.classifier is None:
+            raise AdvlensError(f"cam needs a model with global pooling + linear head; {model.name} has none")
+        if layers == "all":
+            return [model.cam_layer]
+        names = model.resolve_layers(layers)
+        if names != [model.cam_layer]:
+            raise AdvlensError(f"cam is defined only at {model.cam_layer!r} (the layer feeding global pooling)")
+        return names
+    return model.resolve_layers(layers)
+
+
+def maps_from_pass(
+    model: ClassifierModel,
+    p: Pass,
+    per_method: dict[str, list[str]],
+    normalize: bool = True,
+    eps: float = 0.0,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Turn one :class:`~advlens.explain.engine.Pass` into maps of every method in ``per_method``.
+
+    ``per_method`` maps a method name to its layers (empty for input-pixel methods). Maps are
+    differentiable if the pass was made with ``create_graph=True``.
+    """
+    size = tuple(p.input_size)
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    with torch.set_grad_enabled(p.create_graph):
+        for m, names in per_method.items():
+            if m in LAYER_METHODS:
+                fn = LAYER_METHODS[m]
+                out[m] = {n: _finish(fn(p.acts[n], p.grads[n], eps), size, normalize) for n in names}
+            elif m == "cam":
+                w = model.classifier.weight[p.target]
+                out[m] = {n: _finish(_cam.cam(p.acts[n], w), size, normalize) for n in names}
+            elif m == "saliency":
+                out[m] = {"input": _finish(saliency_from_grad(p.input_grad), size, normalize)}
+    return out
+
+
+def explain_many(
+    model: ClassifierModel,
+    x: torch.Tensor,
+    methods: Sequence[str],
+    layers: str | Sequence[str] = "all",
+    target: int | torch.Tensor | None = None,
+    create_graph: bool = False,
+    normalize: bool = True,
+    seed: int = 0,
+    eps: float = 0.0,
+    **smoothgrad_kw: object,
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Maps of several methods at all requested layers, sharing ONE forward and ONE backward.
+
+    ``gradcam``, ``gradcam++``, ``layercam``, ``noisecam``, ``cam`` and ``saliency`` all come
+    from the same pass; ``smoothgrad`` needs its own pass over noisy copies.
+
+    Args: as :func:`explain`, with ``methods`` a list of names.
+
+    Returns:
+        ``{method: {layer: Tensor[N,H,W]}}`` at the input size; input-pixel methods use the key
+        ``"input"``.
+    """
+    model = check_model(model)
+    check_images(x)
+    methods = list(dict.fromkeys(methods))
+    for m in methods:
+        if m not in list_methods():
+            raise unknown_name("explanation method", m, list_methods())
+    per_method = {m: layers_for(model, m, layers) for m in methods}
+    needed = list(dict.fromkeys(n for m in methods for n in per_method[m]))
+    want_input = "saliency" in methods
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    if needed or want_input:
+        p = forward_backward(model, x, needed, target, create_graph=create_graph, input_grad=want_input)
+        out = maps_from_pass(model, p, per_method, normalize, eps)
+        target = p.target if target is None else target
+    if "smoothgrad" in methods:
+        sg = smoothgrad(model, x, target, seed=seed, create_graph=create_graph, **smoothgrad_kw)
+        out["smoothgrad"] = {"input": _finish(sg, tuple(x.shape[-2:]), normalize)}
+    return {m: out[m] for m in methods}
+
+
+def explain(
+    model: ClassifierModel,
+    x: torch.Tensor,
+    method: str = "gradcam",
+    layers: str | Sequence[str] = "all",
+    target: int | torch.Tensor | None = None,
+    create_graph: bool = False,
+    normalize: bool = True,
+    seed: int = 0,
+    eps: float = 0.0,
+    batch_size: int | None = None,
+    **method_kw: object,
+) -> dict[str, torch.Tensor]:
+    """Explanation maps of ``method`` for every requested layer, from one forward and one backward.
+
+    Args:
+        model: a :class:`~advlens.models.ClassifierModel`.
+        x: images ``[N,3,H,W]`` in [0,1] on the model's device.
+        method: one of :func:`list_methods` — ``gradcam``, ``gradcam++``, ``layercam``,
+            ``noisecam`` (seed 002), ``cam``, ``saliency``, ``smoothgrad``.
+        layers: ``"all"`` (``model.layers`` in forward order), a name, or a list of names.
+        target: None = each image's predicted class, an int, or a tensor ``[N]``.
+        create_graph: keep the graph so the maps are differentiable with respect to ``x``
+            (set ``x.requires_grad_()``; used by attacks on the explainer, seed 004).
+        normalize: min–max normalize each map to [0,1] (after bilinear upsampling to the
+            input size); ``False`` returns the raw upsampled maps.
+        seed: randomness of ``smoothgrad``.
+        eps: added to the Grad-CAM++/NoiseCAM alpha denominator (0 = the paper; 1e-6 reproduces
+            pytorch-grad-cam).
+        batch_size: split ``x`` into chunks of this size (maps are concatenated).
+        **method_kw: ``n_samples``, ``noise_level`` for ``smoothgrad``.
+
+    Returns:
+        ``{layer: Tensor[N,H,W]}`` on ``x``'s device (``{"input": …}`` for input-pixel methods).
+
+    Example:
+        >>> maps = explain(model, x, "gradcam", layers=["block4_conv1", "block5_conv1"])
+        >>> maps["block5_conv1"].shape
+        torch.Size([8, 224, 224])
+    """
+    if not isinstance(method, str):
+        raise AdvlensError(f"method must be a string, got {type(method).__name__}; use explain_many for several")
+    check_images(x)
+    kw = dict(layers=layers, create_graph=create_graph, normalize=normalize, seed=seed, eps=eps, **method_kw)
+    if batch_size is None or batch_size >= len(x):
+        return explain_many(model, x, [method], target=target, **kw)[method]
+    chunks = []
+    for i in range(0, len(x), batch_size):
+        t = target[i : i + batch_size] if isinstance(target, torch.Tensor) and target.ndim else target
+        chunks.append(explain_many(model, x[i : i + batch_size], [method], target=t, **kw)[method])
+    return {n: torch.cat([c[n] for c in chunks]) for n in chunks[0]}

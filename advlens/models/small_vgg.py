@@ -1,0 +1,199 @@
+"""Small VGG-style CNNs trained on the offline data sets (digits, lfw, shapes).
+
+Architecture (Keras layer names, as in the seeds): two 16-channel convs, pool, two 32-channel
+convs, pool, two 64-channel convs, global average pooling, linear — so CAM applies to
+``block3_conv2``. Training is deterministic for a seed and cached as safetensors under
+``$ADVLENS_HOME/models`` (default ``~/.cache/advlens/models``).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from collections import OrderedDict
+
+from torch import nn
+from torch.nn import functional as F
+
+from .._checks import AdvlensError, unknown_name
+from .registry import register_model
+from .wrapper import ClassifierModel
+
+__all__ = ["SmallVGG", "train_small_vgg", "advlens_home", "TRAINABLE_DATA"]
+
+log = logging.getLogger(__name__)
+
+TRAINABLE_DATA = ("digits", "lfw", "shapes")
+_EPOCHS = {"digits": 30, "lfw": 40, "shapes": 30}
+_WIDTHS = ((1, 16, 2), (2, 32, 2), (3, 64, 2))  # (block, channels, convs)
+MEAN = STD = (0.5, 0.5, 0.5)
+
+
+def advlens_home() -> Path:
+    """Cache folder: ``$ADVLENS_HOME`` or ``~/.cache/advlens``."""
+    return Path(os.environ.get("ADVLENS_HOME", Path.home() / ".cache" / "advlens"))
+
+
+class SmallVGG(nn.Module):
+    """VGG-style CNN for small images ``[N,3,H,W]`` (any H, W ≥ 4) → logits ``[N,num_classes]``."""
+
+    def __init__(self, num_classes: int) -> None:
+        super().__init__()
+        feats: list[tuple[str, nn.Module]] = []
+        c_in = 3
+        for b, width, convs in _WIDTHS:
+            for k in range(1, convs + 1):
+                feats.append((f"block{b}_conv{k}_conv", nn.Conv2d(c_in, width, 3, padding=1)))
+                feats.append((f"block{b}_conv{k}", nn.ReLU(inplace=False)))
+                c_in = width
+            if b < len(_WIDTHS):
+                feats.append((f"block{b}_pool", nn.MaxPool2d(2)))
+        self.features = nn.Sequential(OrderedDict(feats))
+        self.fc = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x).mean(dim=(2, 3)))
+
+
+def _wrap(net: SmallVGG, data: str, labels: list[str], size: tuple[int, int]) -> ClassifierModel:
+    layers = {n: m for n, m in net.features.named_children() if isinstance(m, nn.ReLU)}
+    last = list(layers)[-1]
+    return ClassifierModel(net, MEAN, STD, layers, labels, size, f"small_vgg_{data}", cam_layer=last, classifier=net.fc)
+
+
+def _cache_path(data: str, seed: int) -> Path:
+    return advlens_home() / "models" / f"small_vgg-{data}-seed{seed}.safetensors"
+
+
+def train_small_vgg(
+    data: str,
+    seed: int = 0,
+    epochs: int | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[ClassifierModel, dict]:
+    """Train a :class:`SmallVGG` on ``data`` deterministically and save it (safetensors).
+
+    Args:
+        data: ``"digits"``, ``"lfw"`` or ``"shapes"`` (train split; accuracy on the test split).
+        seed: controls init and batch order; the same seed gives the same weights.
+        epochs: default per data set (digits 30, lfw 40, shapes 30).
+        out: file to write (default: the cache path that :func:`load_model` looks up).
+        progress: show a tqdm bar over epochs.
+
+    Returns:
+        ``(model, info)`` with ``info`` holding ``test_accuracy``, ``train_accuracy``, ``epochs``,
+        ``seconds``, ``path``.
+    """
+    from ..data import load_images
+
+    if data not in TRAINABLE_DATA:
+        raise unknown_name("training data", data, TRAINABLE_DATA)
+    epochs = epochs or _EPOCHS[data]
+    train, test = load_images(data, split="train", seed=seed), load_images(data, split="test", seed=seed)
+    torch.manual_seed(seed)
+    net = SmallVGG(len(train.labels))
+    model = _wrap(net, data, list(train.labels), tuple(train.x.shape[-2:]))
+    opt = torch.optim.Adam(net.parameters(), lr=2e-3)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * -(-len(train) // 64))
+    gen = torch.Generator().manual_seed(seed)
+    start = time.perf_counter()
+    bar = range(epochs)
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(bar, desc=f"train small_vgg on {data}", unit="epoch")
+    model.train()
+    for _ in bar:
+        for idx in torch.randperm(len(train), generator=gen).split(64):
+            x = train.x[idx]
+            flip = torch.rand(len(idx), generator=gen) < 0.5 if data != "digits" else None
+            if flip is not None:
+                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+            loss = F.cross_entropy(model(x), train.y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+    model.eval()
+    info = {
+        "data": data,
+        "seed": seed,
+        "epochs": epochs,
+        "train_accuracy": _accuracy(model, train.x, train.y),
+        "test_accuracy": _accuracy(model, test.x, test.y),
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    path = Path(out) if out else _cache_path(data, seed)
+    _save(net, path, {**info, "labels": list(train.labels), "input_size": list(model.input_size)})
+    info["path"] = str(path)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model, info
+
+
+def _accuracy(model: ClassifierModel, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((model.predict(x) == y).float().mean())
+
+
+def _save(net: nn.Module, path: Path, meta: dict) -> None:
+    """Atomic safetensors write with JSON metadata."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp, metadata={"advlens": json.dumps(meta)})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _load(path: Path, data: str) -> ClassifierModel:
+    """A trained SmallVGG from our safetensors (with metadata) or a plain ``.pth`` state dict."""
+    from .weights import load_into, read_state_dict
+
+    state = read_state_dict(path)
+    meta: dict = {}
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = json.loads((f.metadata() or {}).get("advlens", "{}"))
+    if "fc.weight" not in state:
+        raise AdvlensError(f"weights {path} are not a small_vgg state dict (no 'fc.weight')")
+    labels = meta.get("labels") or [str(i) for i in range(state["fc.weight"].shape[0])]
+    net = SmallVGG(len(labels))
+    load_into(net, state, str(path))
+    return _wrap(net, data, labels, tuple(meta.get("input_size", (32, 32))))
+
+
+def _builder(data: str):
+    def build(weights: str | None = None, seed: int = 0) -> ClassifierModel:
+        if weights == "random":
+            from ..data import load_images
+
+            test = load_images(data, split="test")
+            torch.manual_seed(seed)
+            return _wrap(SmallVGG(len(test.labels)), data, list(test.labels), tuple(test.x.shape[-2:]))
+        if weights is not None:
+            return _load(Path(weights), data)
+        path = _cache_path(data, seed)
+        if path.is_file():
+            return _load(path, data)
+        log.warning("small_vgg_%s (seed %d) not cached yet: training it now (see `advlens train`)", data, seed)
+        return train_small_vgg(data, seed=seed)[0]
+
+    build.__doc__ = f"Small VGG trained on {data} (trained and cached on first use)."
+    return build
+
+
+for _d in TRAINABLE_DATA:
+    register_model(f"small_vgg_{_d}")(_builder(_d))

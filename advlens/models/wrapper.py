@@ -1,0 +1,156 @@
+"""`ClassifierModel`: a classifier that takes [0,1] images and knows its explainable layers."""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from .._checks import AdvlensError, unknown_name
+
+__all__ = ["ClassifierModel", "wrap"]
+
+
+class ClassifierModel(nn.Module):
+    """An image classifier with normalization inside and named explainable layers.
+
+    ``model(x)`` takes ``x`` float ``[N,3,H,W]`` in [0,1] and returns logits ``[N,C]``; the
+    ImageNet-style ``(x - mean) / std`` happens inside, so attacks and explainers never
+    de-normalize anything.
+
+    Attributes:
+        net: the wrapped network (expects normalized input).
+        layers: ``{name: module}`` of the explainable layers in forward order; a map of a layer
+            is computed from that module's output.
+        labels: class names, ``len(labels) == C``.
+        input_size: ``(H, W)`` the network was trained at.
+        name: registry name.
+        cam_layer: name of the layer feeding global-average-pooling + ``classifier`` (CAM), or None.
+        classifier: the final ``nn.Linear`` after global pooling (CAM weights), or None.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        mean: Sequence[float],
+        std: Sequence[float],
+        layers: Mapping[str, nn.Module],
+        labels: Sequence[str],
+        input_size: tuple[int, int],
+        name: str,
+        cam_layer: str | None = None,
+        classifier: nn.Linear | None = None,
+    ) -> None:
+        super().__init__()
+        if len(mean) != 3 or len(std) != 3:
+            raise AdvlensError(f"mean and std need 3 values (RGB), got {list(mean)} and {list(std)}")
+        if any(s <= 0 for s in std):
+            raise AdvlensError(f"std values must be positive, got {list(std)}")
+        if not layers:
+            raise AdvlensError("a model needs at least one explainable layer")
+        owned = {id(m) for m in net.modules()}
+        for layer_name, module in layers.items():
+            if not isinstance(module, nn.Module) or id(module) not in owned:
+                raise AdvlensError(f"layer {layer_name!r} is not a submodule of the network")
+        if cam_layer is not None and cam_layer not in layers:
+            raise unknown_name("CAM layer", cam_layer, layers)
+        self.net = net
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.layers: dict[str, nn.Module] = dict(layers)  # plain dict: modules stay owned by net
+        self.labels = list(labels)
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.name = name
+        self.cam_layer = cam_layer
+        self.classifier = classifier
+
+    @property
+    def device(self) -> torch.device:
+        return self.mean.device
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits ``[N,C]`` of images ``x`` ``[N,3,H,W]`` in [0,1]."""
+        return self.net((x - self.mean) / self.std)
+
+    def predict(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """Predicted class indices ``[N]`` (no gradients, batched)."""
+        with torch.no_grad():
+            return torch.cat([self(x[i : i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+
+    def resolve_layers(self, layers: str | Sequence[str]) -> list[str]:
+        """Turn ``"all"``, one name or a list of names into a list of known layer names.
+
+        Raises:
+            AdvlensError: unknown layer name (with the closest valid names).
+        """
+        if isinstance(layers, str):
+            layers = list(self.layers) if layers == "all" else [layers]
+        names = list(layers)
+        if not names:
+            raise AdvlensError("no layers requested")
+        for n in names:
+            if n not in self.layers:
+                raise unknown_name(f"layer of {self.name}", n, self.layers)
+        return names
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, input_size={self.input_size}, layers={len(self.layers)}, classes={len(self.labels)}"
+
+
+def wrap(
+    module: nn.Module,
+    mean: Sequence[float],
+    std: Sequence[float],
+    layers: Sequence[str] | Mapping[str, nn.Module],
+    labels: Sequence[str] | None = None,
+    input_size: tuple[int, int] = (224, 224),
+    name: str = "custom",
+    cam_layer: str | None = None,
+    classifier: str | nn.Linear | None = None,
+) -> ClassifierModel:
+    """Wrap a user's ``nn.Module`` (that expects normalized input) as a :class:`ClassifierModel`.
+
+    Args:
+        module: the network; called as ``module((x - mean) / std)``.
+        mean, std: per-channel normalization of the network's training data.
+        layers: submodule names in forward order (as in ``module.named_modules()``) or a mapping
+            ``{display name: submodule}``.
+        labels: class names (default: ``"0"``, ``"1"``, … found from one forward at ``input_size``).
+        cam_layer, classifier: for CAM, the layer feeding global pooling and the name of (or the)
+            final linear layer.
+
+    Example:
+        >>> net = torchvision.models.resnet18()
+        >>> model = wrap(net, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), ["layer3", "layer4"])
+    """
+    named = dict(module.named_modules())
+    if isinstance(layers, Mapping):
+        layer_map = dict(layers)
+    else:
+        layer_map = {}
+        for n in layers:
+            if n not in named or n == "":
+                raise unknown_name("submodule", n, [k for k in named if k])
+            layer_map[n] = named[n]
+    if isinstance(classifier, str):
+        if classifier not in named or not isinstance(named[classifier], nn.Linear):
+            raise AdvlensError(f"classifier {classifier!r} is not an nn.Linear submodule")
+        classifier = named[classifier]
+    if labels is None:
+        labels = [str(i) for i in range(_count_classes(module, classifier, input_size))]
+    return ClassifierModel(module, mean, std, layer_map, labels, input_size, name, cam_layer, classifier)
+
+
+def _count_classes(module: nn.Module, classifier: nn.Linear | None, input_size: tuple[int, int]) -> int:
+    """Number of outputs: the classifier's width, else one probe forward in eval mode (mode restored)."""
+    if classifier is not None:
+        return classifier.out_features
+    ref = next(iter(module.parameters()), None)
+    probe = torch.zeros(1, 3, *input_size, device=ref.device if ref is not None else None)
+    was_training = module.training
+    try:
+        module.eval()
+        with torch.no_grad():
+            return int(module(probe).shape[-1])
+    finally:
+        module.train(was_training)
