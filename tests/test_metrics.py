@@ -96,7 +96,7 @@ def test_ssim_same_padding_interior_and_border():
     # The whole-map mean also averages the 5-pixel border strip (29 % of a 64x64 map), computed on reflect-padded
     # windows: measured up to 6e-3 here (up to 1e-2 on 64x64 noise, 1.7e-3 at 224x224; smooth maps up to 1e-2
     # at 224x224), so compare with skimage only through padding='valid'.
-    diff = (M.ssim(a, b) - ref).abs().max()
+    diff = (M.ssim(a, b, padding="same") - ref).abs().max()
     assert 1e-4 < diff < 2e-2
     # Our filter path (any sigma) and kornia's (sigma = 1.5) give the same map.
     own = similarity._ssim_map(a[:, None], b[:, None], 11, 1.5 + 1e-12, 1.0, "same")
@@ -312,6 +312,8 @@ def test_parameter_errors():
     with pytest.raises(AdvlensError, match="window_size"):
         M.ssim(a, a, window_size=10)
     with pytest.raises(AdvlensError, match=r"larger than 5x5.*\[2, 4, 4\]"):
+        M.ssim(a[:, :4, :4], a[:, :4, :4], padding="same")
+    with pytest.raises(AdvlensError, match=r"at least 11x11, got shape \[2, 4, 4\]"):
         M.ssim(a[:, :4, :4], a[:, :4, :4])
     with pytest.raises(AdvlensError, match="padding"):
         M.ssim(a, a, padding="zeros")
