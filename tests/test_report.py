@@ -3,24 +3,21 @@
 from __future__ import annotations
 
 import base64
-import hashlib
 import html as htmllib
-import os
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from browser import chromium, imgcheck, with_check
 from matplotlib.figure import Figure
 from PIL import Image
 
 from advlens._checks import AdvlensError
-from advlens.report import Section, bar_plot, layer_shift_plot, map_grid, write_report
 from advlens._io import atomic_write
+from advlens.report import Section, bar_plot, layer_shift_plot, map_grid, write_report
 
 HOSTILE = "<script>alert(1)</script>"
 ESCAPED = htmllib.escape(HOSTILE, quote=False)  # &lt;script&gt;alert(1)&lt;/script&gt;
@@ -278,59 +275,19 @@ def test_report_missing_figure(tmp_path, figures):
 
 
 # ------------------------------------------------------------------------------------ headless chromium
-# Injected into a *test copy* of the report only: after `load`, count the images that decoded.
-CHECK_JS = (
-    "window.addEventListener('load',function(){var n=0;for(var i=0;i<document.images.length;i++){"
-    "var im=document.images[i];if(im.complete&&im.naturalWidth>0)n++;}"
-    "var d=document.createElement('div');d.id='imgcheck';d.textContent=n+'/'+document.images.length+'/'"
-    "+document.querySelectorAll('table').length;document.body.appendChild(d);});"
-)
-
-
-def _chromium() -> str:
-    exe = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if exe is None:
-        pytest.skip("headless Chromium not found on PATH (Debian: apt-get install chromium)")
-    return exe
-
-
-def _with_check(report: Path, dest: Path, allow_script: bool = True) -> Path:
-    """Copy ``report`` with CHECK_JS appended; allow exactly that script (by hash) in the page's CSP."""
-    text = report.read_text(encoding="utf-8")
-    if allow_script:
-        digest = base64.b64encode(hashlib.sha256(CHECK_JS.encode()).digest()).decode()
-        assert "script-src 'none'" in text
-        text = text.replace("script-src 'none'", f"script-src 'sha256-{digest}'")
-    dest.write_text(text.replace("</body>", f"<script>{CHECK_JS}</script></body>"), encoding="utf-8")
-    return dest
-
-
-def _imgcheck(exe: str, page: Path, profile: Path) -> tuple[int, int, int] | None:
-    """Open ``page`` in headless Chromium and return (loaded images, images, tables), or None if no result."""
-    cmd = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={profile}", "--virtual-time-budget=5000", "--dump-dom", page.resolve().as_uri()]
-    env = {**os.environ, "HOME": str(profile)}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=90, env=env)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "</html>" in proc.stdout, proc.stderr[-2000:]
-    found = re.search(r'<div id="imgcheck">(\d+)/(\d+)/(\d+)</div>', proc.stdout)
-    return None if found is None else tuple(int(g) for g in found.groups())  # type: ignore[return-value]
-
-
 def test_report_images_load_in_chromium(tmp_path, figures):
-    exe = _chromium()
+    exe = chromium()
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
     report = _report(tmp_path, figures)
     bad_report = _report(tmp_path, [*figures[:2], broken], name="bad.html")
 
-    loaded = _imgcheck(exe, _with_check(report, tmp_path / "check.html"), tmp_path / "profile1")
+    loaded = imgcheck(exe, with_check(report, tmp_path / "check.html"), tmp_path / "profile1")
     assert loaded == (len(figures), len(figures), 4)
     # control: the check sees an image that does not decode
-    assert _imgcheck(exe, _with_check(bad_report, tmp_path / "bad_check.html"), tmp_path / "profile2") == (2, 3, 4)
+    assert imgcheck(exe, with_check(bad_report, tmp_path / "bad_check.html"), tmp_path / "profile2") == (2, 3, 4)
     # control: the report's own CSP blocks any script that was not explicitly allowed
-    assert _imgcheck(exe, _with_check(report, tmp_path / "blocked.html", allow_script=False),
+    assert imgcheck(exe, with_check(report, tmp_path / "blocked.html", allow_script=False),
                      tmp_path / "profile3") is None
 
 

@@ -6,6 +6,7 @@ matplotlib) or are generated. Every loader returns an :class:`ImageBatch` with `
 """
 from .batch import ImageBatch
 from .builtin import imagenet_labels
+from .io import save_images
 from .load import list_sources, load_images
 
-__all__ = ["ImageBatch", "load_images", "list_sources", "imagenet_labels"]
+__all__ = ["ImageBatch", "imagenet_labels", "list_sources", "load_images", "save_images"]

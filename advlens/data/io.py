@@ -183,3 +183,23 @@ def describe_suffixes() -> str:
     """A short list of the image suffixes looked for, for error messages."""
     return ", ".join(IMAGE_SUFFIXES[:5]) + ", …"
 
+
+
+def save_images(x: Tensor, names: Sequence[str], folder: str | Path) -> list[Path]:
+    """Save images ``x`` ``[N,3,H,W]`` in [0,1] as 8-bit PNG files ``folder/<name>.png`` (atomic).
+
+    Note that 8-bit quantization moves pixels by up to 1/510, so a saved adversarial image can
+    sit slightly outside an eps-ball smaller than that.
+    """
+    from PIL import Image
+
+    from advlens._io import atomic_write
+
+    if len(names) != len(x):
+        raise AdvlensError(f"got {len(names)} names for {len(x)} images")
+    arr = (x.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    out = []
+    for a, name in zip(arr, names):
+        safe = "".join(c if c.isalnum() or c in "-_#." else "_" for c in str(name))
+        out.append(atomic_write(Path(folder) / f"{safe}.png", lambda f, a=a: Image.fromarray(a).save(f, format="PNG")))
+    return out

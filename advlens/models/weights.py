@@ -34,8 +34,11 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, pickle with code, wrong format
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AdvlensError(f"cannot read weights file {path}: {first[:200]}") from None
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else ""
+        raise AdvlensError(
+            f"cannot read weights file {path} as a PyTorch (weights_only) or safetensors checkpoint "
+            f"({type(e).__name__}{': ' + first if first else ''})"
+        ) from None
     if isinstance(obj, Mapping) and len(obj) == 1:
         (key, inner), = obj.items()
         if key in ("state_dict", "model") and isinstance(inner, Mapping):
