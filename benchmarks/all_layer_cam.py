@@ -58,6 +58,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--size", type=int, default=224)
     ap.add_argument("--skip-anchor", action="store_true", help="skip pytorch-grad-cam (slow on CPU)")
+    ap.add_argument("--anchor-frozen", action="store_true",
+                    help="give pytorch-grad-cam frozen weights too (default: weights require grad, as a "
+                         "freshly built torchvision model has, so its backward also computes weight grads)")
     ap.add_argument("--json", default=None, help="also write the numbers to this file")
     args = ap.parse_args()
     device = torch.device(args.device)
@@ -87,6 +90,8 @@ def main() -> None:
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
         targets = [ClassifierOutputTarget(int(t)) for t in y]
+        for prm in model.parameters():
+            prm.requires_grad_(not args.anchor_frozen)
 
         def anchor():
             for name in layers:
@@ -94,6 +99,8 @@ def main() -> None:
                     cam(input_tensor=x.detach().requires_grad_(True), targets=targets)
 
         res["pytorch_grad_cam_s"] = timed(anchor, device, max(1, args.repeats // 2))
+        for prm in model.parameters():
+            prm.requires_grad_(False)
 
     import torchattacks
 
@@ -110,7 +117,8 @@ def main() -> None:
     print(f"{'':34s}{'images/s':>12s}")
     print(f"{'advlens all-layer Grad-CAM':34s}{ips(res['advlens_s']):12.2f}")
     if "pytorch_grad_cam_s" in res:
-        print(f"{'pytorch-grad-cam (13 calls)':34s}{ips(res['pytorch_grad_cam_s']):12.2f}")
+        how = "frozen weights" if args.anchor_frozen else "weights require grad"
+        print(f"{'pytorch-grad-cam (13 calls)':34s}{ips(res['pytorch_grad_cam_s']):12.2f}   ({how})")
     print(f"{'floor: forward + backward':34s}{ips(res['floor_s']):12.2f}")
     print(f"{'advlens PGD-10':34s}{ips(res['pgd_advlens_s']):12.2f}")
     print(f"{'torchattacks PGD-10':34s}{ips(res['pgd_torchattacks_s']):12.2f}")

@@ -145,8 +145,8 @@ def _labels(model: ClassifierModel, x: torch.Tensor, y: torch.Tensor | Sequence[
     n, c = len(x), len(model.labels)
     if y is None:
         return model.predict(x)
-    y = torch.as_tensor(y, device=x.device).long().reshape(-1)
-    if y.ndim == 0 or y.shape != (n,):
+    y = torch.as_tensor(y, device=x.device).long()
+    if y.shape != (n,):
         raise AdvlensError(f"{name} must have shape [{n}], got {list(y.shape)}")
     if ((y < 0) | (y >= c)).any():
         raise AdvlensError(f"{name} holds a class outside [0, {c - 1}]: {y.tolist()[:8]}")
@@ -188,5 +188,7 @@ def attack(
         raise AdvlensError(f"unknown parameter(s) {bad} for attack {method!r} (accepted: {sorted(accepted)})")
     y = _labels(model, x, y, "y")
     if target is not None:
-        target = _labels(model, x, torch.as_tensor(target).expand(len(x)), "target")
+        if isinstance(target, int):
+            target = torch.full((len(x),), target, dtype=torch.long, device=x.device)
+        target = _labels(model, x, target, "target")
     return fn(model, x, y, target=target, seed=seed, **params)

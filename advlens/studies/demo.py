@@ -104,19 +104,18 @@ def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True) -> Path:
 
     bar.set_postfix_str("metrics")
     layers = list(model.layers)
-    rows = []
+    parts = []
     for a in cfg.attacks:
         for kind, cond in (("adversarial", a), ("noise", f"{a} noise")):
             for m in cfg.methods:
                 for li, layer in enumerate(layers):
                     ref, other = maps["clean"][m][layer], maps[cond][m][layer]
-                    cos, nis = metrics.cosine(ref, other), metrics.nissim(ref, other)
-                    for i in range(len(x)):
-                        rows.append({
-                            "image": batch.names[i], "attack": a, "condition": kind, "method": m,
-                            "layer": layer, "layer_index": li, "cosine": float(cos[i]), "nissim": float(nis[i]),
-                        })
-    results = pd.DataFrame(rows)
+                    parts.append(pd.DataFrame({
+                        "image": batch.names, "attack": a, "condition": kind, "method": m, "layer": layer,
+                        "layer_index": li, "cosine": metrics.cosine(ref, other).cpu().numpy(),
+                        "nissim": metrics.nissim(ref, other).cpu().numpy(),
+                    }))
+    results = pd.concat(parts, ignore_index=True)
     attacks_df = pd.DataFrame(attack_rows)
     compromised = _compromised(results)
     bar.update()
