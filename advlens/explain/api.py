@@ -116,6 +116,12 @@ def explain_many(
     for m in methods:
         if m not in list_methods():
             raise unknown_name("explanation method", m, list_methods())
+    unknown = sorted(set(smoothgrad_kw) - {"n_samples", "noise_level", "batch_size"})
+    if unknown or (smoothgrad_kw and "smoothgrad" not in methods):
+        raise AdvlensError(
+            f"unknown explanation option(s) {unknown or sorted(smoothgrad_kw)} for {methods} "
+            "(n_samples, noise_level, batch_size apply to smoothgrad only)"
+        )
     per_method = {m: layers_for(model, m, layers) for m in methods}
     needed = list(dict.fromkeys(n for m in methods for n in per_method[m]))
     want_input = "saliency" in methods
