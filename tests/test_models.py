@@ -118,3 +118,11 @@ def test_wrap_checks_layers():
         al.wrap(net, (0.5,) * 3, (0.5,) * 3, layers=["7"])
     with pytest.raises(al.AdvlensError, match="std values must be positive"):
         al.wrap(net, (0.5,) * 3, (0.0,) * 3, layers=["1"])
+
+
+@pytest.mark.parametrize("data, minimum", [("lfw", 0.9), ("shapes", 0.9)])
+def test_small_vggs_learn_their_data(data, minimum):
+    model = al.load_model(f"small_vgg_{data}")  # trained on first use, cached in the session's ADVLENS_HOME
+    test = al.load_images(data, n=2500 if data == "shapes" else None, split="test")
+    acc = (model.predict(test.x) == test.y).float().mean().item()
+    assert acc >= minimum, acc

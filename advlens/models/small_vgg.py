@@ -1,7 +1,8 @@
 """Small VGG-style CNNs trained on the offline data sets (digits, lfw, shapes).
 
 Architecture (Keras layer names, as in the seeds): two 16-channel convs, pool, two 32-channel
-convs, pool, two 64-channel convs, global average pooling, linear — so CAM applies to
+convs, pool, two 64-channel convs (each conv → BatchNorm → ReLU; the layer ``block{b}_conv{k}`` is
+that ReLU's output), global average pooling, linear — so CAM applies to
 ``block3_conv2``. Training is deterministic for a seed and cached as safetensors under
 ``$ADVLENS_HOME/models`` (default ``~/.cache/advlens/models``).
 """
@@ -29,7 +30,8 @@ __all__ = ["SmallVGG", "train_small_vgg", "advlens_home", "TRAINABLE_DATA"]
 log = logging.getLogger(__name__)
 
 TRAINABLE_DATA = ("digits", "lfw", "shapes")
-_EPOCHS = {"digits": 30, "lfw": 40, "shapes": 30}
+_EPOCHS = {"digits": 30, "lfw": 40, "shapes": 20}
+_N_IMAGES = {"shapes": 2500}  # procedural: generate enough to learn from (default None = the whole set)
 _WIDTHS = ((1, 16, 2), (2, 32, 2), (3, 64, 2))  # (block, channels, convs)
 MEAN = STD = (0.5, 0.5, 0.5)
 
@@ -48,7 +50,8 @@ class SmallVGG(nn.Module):
         c_in = 3
         for b, width, convs in _WIDTHS:
             for k in range(1, convs + 1):
-                feats.append((f"block{b}_conv{k}_conv", nn.Conv2d(c_in, width, 3, padding=1)))
+                feats.append((f"block{b}_conv{k}_conv", nn.Conv2d(c_in, width, 3, padding=1, bias=False)))
+                feats.append((f"block{b}_conv{k}_bn", nn.BatchNorm2d(width)))
                 feats.append((f"block{b}_conv{k}", nn.ReLU(inplace=False)))
                 c_in = width
             if b < len(_WIDTHS):
@@ -95,7 +98,8 @@ def train_small_vgg(
     if data not in TRAINABLE_DATA:
         raise unknown_name("training data", data, TRAINABLE_DATA)
     epochs = epochs or _EPOCHS[data]
-    train, test = load_images(data, split="train", seed=seed), load_images(data, split="test", seed=seed)
+    n = _N_IMAGES.get(data)
+    train, test = (load_images(data, n=n, split=s, seed=seed) for s in ("train", "test"))
     torch.manual_seed(seed)
     net = SmallVGG(len(train.labels))
     model = _wrap(net, data, list(train.labels), tuple(train.x.shape[-2:]))
