@@ -85,6 +85,24 @@ def _cmd_attack(args: argparse.Namespace) -> None:
     print(f"success rate {res.success_rate:.1%} in {res.time_s:.1f} s; wrote {args.out}")
 
 
+def _cmd_study(args: argparse.Namespace) -> None:
+    from .studies.runner import run_study
+    from .studies.spec import load_spec
+
+    if args.spec is None and args.preset is None:
+        raise AdvlensError("give a spec file (advlens study SPEC.toml) or --preset NAME (seed000, seed003)")
+    spec = load_spec(args.spec, args.preset, limit=args.limit, seed=args.seed, device=args.device,
+                     batch_size=args.batch_size)
+    path = run_study(spec, args.out, progress=not args.quiet)
+    print(f"wrote {path} and {args.out}/results.parquet")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from .studies.runner import build_report
+
+    print(f"wrote {build_report(args.dir)}")
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     from .models.small_vgg import train_small_vgg
 
@@ -139,6 +157,21 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--alpha", type=float, default=None, help="PGD step (default eps/4)")
     sp.add_argument("--use-labels", action="store_true", help="attack the data set's labels, not the predictions")
     sp.set_defaults(fn=_cmd_attack)
+
+    sp = sub.add_parser("study", help="run or resume a study (a TOML spec or a preset) into --out")
+    sp.add_argument("spec", nargs="?", default=None, help="study spec (TOML)")
+    sp.add_argument("--preset", default=None, help="seed000 (layer shift, DLFuzz) or seed003 (MOD/VID, FGSM)")
+    sp.add_argument("--device", default=None, help="torch device (default: the spec's, cpu)")
+    sp.add_argument("--seed", type=int, default=None, help="random seed (default: the spec's, 0)")
+    sp.add_argument("--limit", type=int, default=None, help="at most N images per data set")
+    sp.add_argument("--batch-size", type=int, default=None, help="images per resumable chunk")
+    sp.add_argument("--quiet", action="store_true", help="no progress bar")
+    sp.add_argument("--out", default="advlens-study", help="output folder (default: advlens-study)")
+    sp.set_defaults(fn=_cmd_study)
+
+    sp = sub.add_parser("report", help="rebuild figures and report.html of a study folder from its results")
+    sp.add_argument("dir", help="a study output folder")
+    sp.set_defaults(fn=_cmd_report)
 
     sp = sub.add_parser("train", help="train a small VGG on digits, lfw or shapes (cached)")
     common(sp, None)

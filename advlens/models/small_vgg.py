@@ -34,6 +34,7 @@ _EPOCHS = {"digits": 30, "lfw": 40, "shapes": 20}
 _N_IMAGES = {"shapes": 2500}  # procedural: generate enough to learn from (default None = the whole set)
 _WIDTHS = ((1, 16, 2), (2, 32, 2), (3, 64, 2))  # (block, channels, convs)
 MEAN = STD = (0.5, 0.5, 0.5)
+_ARCH_VERSION = 2  # in the cache file name: a changed architecture never loads stale weights
 
 
 def advlens_home() -> Path:
@@ -70,7 +71,7 @@ def _wrap(net: SmallVGG, data: str, labels: list[str], size: tuple[int, int]) ->
 
 
 def _cache_path(data: str, seed: int) -> Path:
-    return advlens_home() / "models" / f"small_vgg-{data}-seed{seed}.safetensors"
+    return advlens_home() / "models" / f"small_vgg-v{_ARCH_VERSION}-{data}-seed{seed}.safetensors"
 
 
 def train_small_vgg(

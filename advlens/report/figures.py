@@ -304,6 +304,7 @@ def bar_plot(
     *,
     ylabel: str | None = None,
     annotate: bool = True,
+    errorbars: bool = True,
 ) -> Path:
     """Grouped bar chart of ``y`` per ``x`` (and per ``hue``), e.g. attack success rate or PSNR per attack.
 
@@ -319,6 +320,7 @@ def bar_plot(
         title: figure title (default: ``"<y> by <x>"``).
         ylabel: y-axis label (default: ``y``).
         annotate: write each bar's value (3 significant digits) above it.
+        errorbars: draw the ± one standard deviation bars (off for rates of 0/1 outcomes).
 
     Returns:
         The written path.
@@ -340,7 +342,7 @@ def bar_plot(
         offsets = np.arange(len(xs)) - 0.4 + width * (k + 0.5)
         err = stats["std"].where(stats["count"] > 1).to_numpy(float)
         bars = ax.bar(offsets, stats["mean"].to_numpy(float), width=width * 0.92,
-                      yerr=None if np.isnan(err).all() else np.nan_to_num(err), capsize=3,
+                      yerr=None if not errorbars or np.isnan(err).all() else np.nan_to_num(err), capsize=3,
                       label=None if h is None else str(h))
         if annotate:
             labels = ["" if math.isnan(v) else f"{v:.3g}" for v in stats["mean"].to_numpy(float)]

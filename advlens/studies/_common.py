@@ -1,0 +1,58 @@
+"""Pieces shared by the studies: loading, per-layer similarity rows, example maps."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .. import metrics as M
+from ..data import ImageBatch, load_images
+from ..explain import explain_many
+from ..models import ClassifierModel, load_model
+
+__all__ = ["load_entry", "maps_in_batches", "similarity_rows", "SIMILARITIES", "chunks"]
+
+#: similarity metrics a study can record per layer (maps [N,H,W] -> [N])
+SIMILARITIES = {"cosine": M.cosine, "nissim": M.nissim, "ssim": M.ssim, "l1": M.l1, "iou": M.iou}
+
+
+def load_entry(entry: dict[str, Any], device: str, limit: int | None, seed: int) -> tuple[ClassifierModel, ImageBatch]:
+    """Model and images of one ``{model, data, weights?, seed?, split?}`` entry (images at the model's size)."""
+    kw = {"seed": entry["seed"]} if "seed" in entry else {}
+    model = load_model(entry["model"], weights=entry.get("weights"), device=device, **kw)
+    batch = load_images(entry["data"], size=model.input_size, n=limit, split=entry.get("split"), seed=seed)
+    if limit is not None:
+        batch = batch[:limit]
+    return model, batch
+
+
+def chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def maps_in_batches(model: ClassifierModel, x: torch.Tensor, methods: Sequence[str], layers, batch_size: int):
+    """``explain_many`` over batches of ``x``; returns ``{method: {layer: [N,H,W]}}`` on the device."""
+    parts = [explain_many(model, x[s], methods, layers=layers) for s in chunks(len(x), batch_size)]
+    return {m: {n: torch.cat([p[m][n] for p in parts]) for n in parts[0][m]} for m in parts[0]}
+
+
+def similarity_rows(
+    clean: dict[str, dict[str, torch.Tensor]],
+    other: dict[str, dict[str, torch.Tensor]],
+    names: Sequence[str],
+    metric_names: Sequence[str],
+    **columns: Any,
+) -> pd.DataFrame:
+    """One row per image × explainer × layer with each metric of (clean map, other map).
+
+    ``columns`` are constant columns (strength, condition, …) added to every row.
+    """
+    parts = []
+    for method, layers in clean.items():
+        for index, (layer, ref) in enumerate(layers.items()):
+            values = {m: SIMILARITIES[m](ref, other[method][layer]).detach().cpu().numpy() for m in metric_names}
+            parts.append(pd.DataFrame({"image": list(names), **columns, "explainer": method, "layer": layer,
+                                       "layer_index": index, **values}))
+    return pd.concat(parts, ignore_index=True)

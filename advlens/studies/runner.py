@@ -1,0 +1,125 @@
+"""Resumable study runner: a study is a list of units (image chunks), each written atomically.
+
+``run_study`` executes the units a study plans, skipping those whose chunk files already exist,
+so a killed run continues where it stopped with no lost or duplicated rows. Every unit writes
+its tables to ``DIR/chunks/<table>/<key>.parquet`` (temp file + rename), ``results`` last: a
+unit is done exactly when its ``results`` chunk exists. Units are deterministic (their seeds
+derive from the spec's seed and the unit's key), so a resumed run equals an uninterrupted one.
+At the end the chunks are merged into ``DIR/<table>.parquet`` and the figures and
+``report.html`` are built from those files alone (``advlens report DIR`` rebuilds them).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .._checks import AdvlensError
+from .._io import atomic_write, versions, write_json, write_parquet
+from .spec import StudySpec
+
+__all__ = ["Unit", "run_study", "build_report", "read_tables"]
+
+log = logging.getLogger(__name__)
+
+Tables = dict[str, Any]  # table name -> DataFrame, or "examples" -> dict[str, Tensor]
+
+
+@dataclass
+class Unit:
+    """One resumable piece of a study: ``run()`` returns ``{table: DataFrame}`` (``results`` required)."""
+
+    key: str
+    run: Callable[[], Tables]
+
+
+def _module(study: str):
+    return importlib.import_module(f"advlens.studies.{study}")
+
+
+def _check_spec_file(out: Path, spec: StudySpec) -> None:
+    path = out / "spec.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise AdvlensError(f"{path} is corrupt; remove it or use another --out") from None
+        if old.get("identity") != json.loads(json.dumps(spec.identity())):
+            raise AdvlensError(f"{out} holds results of a different study spec; use another --out folder")
+    else:
+        write_json({"spec": spec.to_dict(), "identity": spec.identity(), "versions": versions()}, path)
+
+
+def run_study(spec: StudySpec, out: str | Path, progress: bool = True) -> Path:
+    """Run (or resume) ``spec`` into ``out``; return the path of ``report.html``."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise AdvlensError(f"--out {out} exists and is not a folder")
+    units = _module(spec.study).plan(spec)  # validates models/data before anything is written
+    out.mkdir(parents=True, exist_ok=True)
+    _check_spec_file(out, spec)
+    chunks = out / "chunks"
+    done = {p.stem for p in (chunks / "results").glob("*.parquet")} if chunks.exists() else set()
+    todo = [u for u in units if u.key not in done]
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=f"study {spec.study}", unit="chunk",
+               disable=not progress)
+    start = time.perf_counter()
+    for unit in todo:
+        bar.set_postfix_str(unit.key)
+        tables = unit.run()
+        if "results" not in tables:
+            raise RuntimeError(f"study unit {unit.key} produced no results table")
+        for name, table in sorted(tables.items(), key=lambda kv: kv[0] == "results"):
+            if name == "examples":
+                from safetensors.torch import save
+
+                data = {k: v.detach().cpu().contiguous() for k, v in table.items()}
+                atomic_write(chunks / "examples" / f"{unit.key}.safetensors", lambda f, d=data: f.write(save(d)))
+            else:
+                write_parquet(table, chunks / name / f"{unit.key}.parquet")
+        bar.update()
+    bar.close()
+    log.info("ran %d of %d units in %.1f s", len(todo), len(units), time.perf_counter() - start)
+    _merge(out, [u.key for u in units])
+    return build_report(out)
+
+
+def _merge(out: Path, keys: list[str]) -> None:
+    """Concatenate every table's chunks in plan order into ``out/<table>.parquet``."""
+    for folder in sorted(p for p in (out / "chunks").iterdir() if p.is_dir() and p.name != "examples"):
+        parts = [pd.read_parquet(folder / f"{k}.parquet") for k in keys if (folder / f"{k}.parquet").exists()]
+        if parts:
+            write_parquet(pd.concat(parts, ignore_index=True), out / f"{folder.name}.parquet")
+
+
+def read_tables(out: str | Path) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, torch.Tensor]]:
+    """Read ``spec.json``, every ``<table>.parquet`` and the example maps of a study folder."""
+    out = Path(out)
+    if not (out / "spec.json").is_file() or not (out / "results.parquet").is_file():
+        raise AdvlensError(f"{out} is not a finished study folder (needs spec.json and results.parquet)")
+    meta = json.loads((out / "spec.json").read_text())
+    tables = {p.stem: pd.read_parquet(p) for p in sorted(out.glob("*.parquet"))}
+    examples: dict[str, torch.Tensor] = {}
+    ex_dir = out / "chunks" / "examples"
+    if ex_dir.is_dir():
+        from safetensors.torch import load_file
+
+        for p in sorted(ex_dir.glob("*.safetensors")):
+            examples.update(load_file(str(p)))
+    return meta, tables, examples
+
+
+def build_report(out: str | Path) -> Path:
+    """Rebuild ``figures/`` and ``report.html`` of a study folder from its files alone."""
+    meta, tables, examples = read_tables(out)
+    return _module(meta["spec"]["study"]).report(Path(out), meta, tables, examples)

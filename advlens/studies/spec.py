@@ -1,0 +1,155 @@
+"""Study specifications: a TOML file or a named preset, validated, recorded in ``spec.json``.
+
+A spec is declarative: model(s), data, attack and its parameters, strengths, explainers, layers,
+metrics, seed, device, batch size. ``study`` names the pipeline (``layer_shift`` for seed 000,
+``mod_vid`` for seed 003).
+
+Example TOML::
+
+    study = "layer_shift"
+    model = "efficientnet_lite0"
+    data = "samples"
+    strengths = [0.25, 0.5, 1, 2, 4]
+    explainers = ["gradcam"]
+    [attack]
+    method = "dlfuzz"
+    strategy = 1
+"""
+from __future__ import annotations
+
+import copy
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .._checks import AdvlensError, unknown_name
+
+__all__ = ["StudySpec", "load_spec", "PRESETS", "STUDIES"]
+
+STUDIES = ("layer_shift", "mod_vid")
+
+
+@dataclass
+class StudySpec:
+    """Everything a study run depends on (see the module docstring).
+
+    Attributes:
+        study: ``layer_shift`` (seed 000) or ``mod_vid`` (seed 003).
+        model, weights, data: the model under study and its images (``layer_shift``).
+        models: for ``mod_vid``: a list of ``{model, data, weights?, seed?, surrogate?}`` entries,
+            one per architecture; ``surrogate`` is another such entry for black-box transfer.
+        attack: ``{"method": name, **params}``.
+        strengths: perturbation scales (``layer_shift``) or FGSM eps values (``mod_vid``).
+        explainers, layers, metrics: what to compute per layer.
+        noise_rule: seed 000 threshold rule, ``median`` (paper) or ``mean`` (authors' code).
+        limit: at most this many images (per data set); ``split``: ``test`` / ``train`` / None.
+    """
+
+    study: str = "layer_shift"
+    model: str = "efficientnet_lite0"
+    weights: str | None = None
+    data: str = "samples"
+    models: list[dict[str, Any]] = field(default_factory=list)
+    attack: dict[str, Any] = field(default_factory=lambda: {"method": "fgsm", "eps": 2 / 255})
+    strengths: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
+    explainers: list[str] = field(default_factory=lambda: ["gradcam"])
+    layers: str | list[str] = "all"
+    metrics: list[str] = field(default_factory=lambda: ["cosine", "nissim"])
+    noise_rule: str = "median"
+    limit: int | None = None
+    split: str | None = None
+    seed: int = 0
+    device: str = "cpu"
+    batch_size: int = 16
+    examples: int = 2
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that decide the rows (all but the device): a resumed run must match them.
+
+        ``batch_size`` is included: it sets the images of each resumable chunk.
+        """
+        d = self.to_dict()
+        d.pop("device")
+        return d
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Seed 000 (Renkhoff, Tan et al.): DLFuzz perturbation, strengths 25 %–400 %, matched Gaussian noise,
+    # Grad-CAM at every layer, cosine similarity, per-layer median-noise threshold.
+    "seed000": {
+        "study": "layer_shift", "model": "efficientnet_lite0", "data": "samples",
+        "attack": {"method": "dlfuzz", "strategy": 1, "threshold": 0.25, "neurons": 10, "iterations": 1,
+                   "step": 0.5 / 255, "lam": 0.5},
+        "strengths": [0.25, 0.5, 1.0, 2.0, 4.0], "explainers": ["gradcam"], "metrics": ["cosine"],
+    },
+    # Seed 003 (Chakraborty et al.): FGSM eps 0.01-0.1 white-box and transferred from a surrogate,
+    # Grad-CAM at every layer, NISSIM, MOD/VID, PSNR and accuracy per eps, across architectures.
+    "seed003": {
+        "study": "mod_vid",
+        "models": [
+            {"model": "small_vgg_lfw", "data": "lfw", "split": "test",
+             "surrogate": {"model": "small_vgg_lfw", "seed": 1}},
+            {"model": "small_vgg_digits", "data": "digits", "split": "test",
+             "surrogate": {"model": "small_vgg_digits", "seed": 1}},
+            {"model": "small_vgg_shapes", "data": "shapes", "split": "test",
+             "surrogate": {"model": "small_vgg_shapes", "seed": 1}},
+            {"model": "efficientnet_lite0", "data": "samples"},
+        ],
+        "attack": {"method": "fgsm"}, "strengths": [0.01, 0.05, 0.075, 0.1],
+        "explainers": ["gradcam"], "metrics": ["nissim"],
+    },
+}
+
+
+def load_spec(source: str | Path | None = None, preset: str | None = None, **overrides: Any) -> StudySpec:
+    """Build a :class:`StudySpec` from a TOML file and/or a preset, then apply non-None overrides.
+
+    Raises:
+        AdvlensError: missing/unreadable file, TOML syntax error, unknown keys, bad values.
+    """
+    data: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise unknown_name("study preset", preset, PRESETS)
+        data.update(copy.deepcopy(PRESETS[preset]))
+    if source is not None:
+        path = Path(source)
+        if not path.is_file():
+            raise AdvlensError(f"study spec not found: {path}")
+        try:
+            data.update(tomllib.loads(path.read_text(encoding="utf-8")))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+            raise AdvlensError(f"cannot parse study spec {path}: {e}") from None
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    known = {f.name for f in fields(StudySpec)}
+    bad = sorted(set(data) - known)
+    if bad:
+        raise AdvlensError(f"unknown key(s) {bad} in study spec (known: {sorted(known)})")
+    spec = StudySpec(**data)
+    _validate(spec)
+    return spec
+
+
+def _validate(spec: StudySpec) -> None:
+    if spec.study not in STUDIES:
+        raise unknown_name("study", spec.study, STUDIES)
+    if not isinstance(spec.attack, dict) or "method" not in spec.attack:
+        raise AdvlensError("spec.attack must be a table with a 'method' key, e.g. {method = 'fgsm', eps = 0.01}")
+    if not spec.strengths or any(not isinstance(s, (int, float)) or s <= 0 for s in spec.strengths):
+        raise AdvlensError(f"strengths must be a non-empty list of positive numbers, got {spec.strengths!r}")
+    if spec.noise_rule not in ("median", "mean"):
+        raise AdvlensError(f"noise_rule must be 'median' or 'mean', got {spec.noise_rule!r}")
+    if spec.limit is not None and spec.limit < 1:
+        raise AdvlensError(f"limit must be at least 1, got {spec.limit}")
+    if spec.batch_size < 1:
+        raise AdvlensError(f"batch_size must be at least 1, got {spec.batch_size}")
+    if spec.study == "mod_vid":
+        if not spec.models:
+            raise AdvlensError("a mod_vid study needs a 'models' list of {model, data} entries")
+        for m in spec.models:
+            if not isinstance(m, dict) or "model" not in m or "data" not in m:
+                raise AdvlensError(f"each entry of 'models' needs 'model' and 'data' keys, got {m!r}")
