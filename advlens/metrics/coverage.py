@@ -28,24 +28,26 @@ from advlens._checks import AdvlensError, check_images
 from advlens.explain.engine import capture, check_model
 from advlens.models.wrapper import ClassifierModel
 
-__all__ = ["neuron_values", "neuron_coverage", "CoverageTracker"]
+__all__ = ["CoverageTracker", "neuron_coverage", "neuron_values"]
+
+def channel_means(output: torch.Tensor) -> torch.Tensor:
+    """Raw spatial mean of each channel (DLFuzz's neuron term ``mean_{h,w} a_n``): ``[N,K,…]`` → ``[N,K]``."""
+    return output.flatten(2).mean(2) if output.ndim > 2 else output
+
 
 def scaled_channel_means(output: torch.Tensor) -> torch.Tensor:
     """Neuron values of one layer output: per-input min–max scaling, then the spatial mean per channel.
 
-    Shape: ``[N,K,*spatial]`` or ``[N,K]`` → ``[N,K]`` in [0,1] (a constant layer gives 0).
+    The mean is linear, so ``mean((a − min)/(max − min)) = (mean(a) − min)/(max − min)``: only the
+    channel means and the per-input extremes are computed. Shape: ``[N,K,*spatial]`` or ``[N,K]`` →
+    ``[N,K]`` in [0,1] (a constant layer gives 0).
     """
     a = output.detach()
     flat = a.flatten(1)
-    lo = flat.min(1).values.view(-1, *([1] * (a.ndim - 1)))
-    span = flat.max(1).values.view(-1, *([1] * (a.ndim - 1))) - lo
-    scaled = torch.where(span > 0, (a - lo) / torch.where(span > 0, span, torch.ones_like(span)), torch.zeros_like(a))
-    return scaled.flatten(2).mean(2) if a.ndim > 2 else scaled
-
-
-def channel_means(output: torch.Tensor) -> torch.Tensor:
-    """Raw spatial mean of each channel (the DLFuzz neuron objective ``mean_{h,w} a_n``): ``[N,K,…]`` → ``[N,K]``."""
-    return output.flatten(2).mean(2) if output.ndim > 2 else output
+    lo, hi = torch.aminmax(flat, dim=1, keepdim=True)
+    span = hi - lo
+    scaled = (channel_means(a) - lo) / torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, scaled.clamp(0.0, 1.0), torch.zeros_like(scaled))
 
 
 def _check_threshold(threshold: float) -> float:

@@ -109,32 +109,27 @@ def _check_window(window_size: object, sigma: object, padding: object, shape: to
 
 
 def _ssim_map(x: torch.Tensor, y: torch.Tensor, window_size: int, sigma: float, data_range: float, padding: str):
-    """SSIM index map ``[N, C, H', W']``: kornia's for sigma=1.5, the same formula with another window otherwise."""
-    if sigma == 1.5:
-        # kornia's window is a sampled Gaussian with sigma fixed at 1.5. eps=0: the denominator is already
-        # >= C1*C2 > 0 and the default eps=1e-12 biases flat images (kornia docstring); skimage has no eps.
-        return kornia.metrics.ssim(x, y, window_size, max_val=data_range, eps=0.0, padding=padding)
+    """SSIM index map ``[N, C, H', W']`` (Wang et al. 2004) with a separable Gaussian window.
+
+    Same formula and window as :func:`kornia.metrics.ssim` (agreement to 1e-9 at sigma 1.5, see the
+    tests), but the five local moments are filtered in ONE call of kornia's separable filter
+    (2·k taps instead of k²) as one-channel images, and ``'valid'`` computes no border at all —
+    about 5× faster than ``kornia.metrics.ssim`` on 224×224 maps on a CPU.
+    """
     out_dtype = x.dtype
     # Half-precision moments can overflow or cancel; filter in float32 like kornia.
     dtype = x.dtype if x.dtype in (torch.float32, torch.float64) else torch.float32
     x, y = x.to(dtype), y.to(dtype)
     kernel = kornia.filters.get_gaussian_kernel1d(window_size, sigma, device=x.device, dtype=dtype)
-
-    def blur(t: torch.Tensor) -> torch.Tensor:
-        out = kornia.filters.filter2d_separable(t, kernel, kernel, border_type="reflect")
-        if padding == "valid":
-            r = window_size // 2
-            out = out[..., r : out.shape[-2] - r, r : out.shape[-1] - r]
-        return out
-
+    n, c, h, w = x.shape
+    # one-channel images in the batch dimension: a plain (not depthwise) convolution, much faster on CPU
+    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1).reshape(n * 5 * c, 1, h, w)
+    moments = kornia.filters.filter2d_separable(stack, kernel, kernel, border_type="reflect", padding=padding)
+    mu1, mu2, xx, yy, xy = moments.reshape(n, 5 * c, *moments.shape[-2:]).split(c, dim=1)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu1, mu2 = blur(x), blur(y)
     mu1_sq, mu2_sq, mu1_mu2 = mu1**2, mu2**2, mu1 * mu2
-    sigma1_sq = blur(x * x) - mu1_sq
-    sigma2_sq = blur(y * y) - mu2_sq
-    sigma12 = blur(x * y) - mu1_mu2
-    num = (2.0 * mu1_mu2 + c1) * (2.0 * sigma12 + c2)
-    den = (mu1_sq + mu2_sq + c1) * (sigma1_sq + sigma2_sq + c2)
+    num = (2.0 * mu1_mu2 + c1) * (2.0 * (xy - mu1_mu2) + c2)
+    den = (mu1_sq + mu2_sq + c1) * (xx - mu1_sq + yy - mu2_sq + c2)
     return (num / den).to(out_dtype)
 
 

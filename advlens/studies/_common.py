@@ -19,10 +19,16 @@ SIMILARITIES = {"cosine": M.cosine, "nissim": M.nissim, "ssim": M.ssim, "l1": M.
 
 
 def load_entry(entry: dict[str, Any], device: str, limit: int | None, seed: int) -> tuple[ClassifierModel, ImageBatch]:
-    """Model and images of one ``{model, data, weights?, seed?, split?}`` entry (images at the model's size)."""
+    """Model and images of one ``{model, data, weights?, seed?, split?, n?}`` entry, at the model's size.
+
+    ``n`` is passed to :func:`~advlens.data.load_images` (for ``shapes``: the size of the generated
+    set, so its test split matches the one the model was trained beside); ``limit`` then keeps
+    the first images. Without a split, ``limit`` is the subset size itself.
+    """
     kw = {"seed": entry["seed"]} if "seed" in entry else {}
     model = load_model(entry["model"], weights=entry.get("weights"), device=device, **kw)
-    batch = load_images(entry["data"], size=model.input_size, n=limit, split=entry.get("split"), seed=seed)
+    n = entry.get("n", None if entry.get("split") else limit)
+    batch = load_images(entry["data"], size=model.input_size, n=n, split=entry.get("split"), seed=seed)
     if limit is not None:
         batch = batch[:limit]
     return model, batch

@@ -95,7 +95,7 @@ PRESETS: dict[str, dict[str, Any]] = {
              "surrogate": {"model": "small_vgg_lfw", "seed": 1}},
             {"model": "small_vgg_digits", "data": "digits", "split": "test",
              "surrogate": {"model": "small_vgg_digits", "seed": 1}},
-            {"model": "small_vgg_shapes", "data": "shapes", "split": "test",
+            {"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500,
              "surrogate": {"model": "small_vgg_shapes", "seed": 1}},
             {"model": "efficientnet_lite0", "data": "samples"},
         ],

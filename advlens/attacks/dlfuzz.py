@@ -1,0 +1,400 @@
+r"""DLFuzz: coverage-guided gradient ascent (Guo et al. 2021; the attack of seed 000, §III-D eq. 8).
+
+REFERENCE.md "DLFuzz" (facts from ``turned2670/DLFuzz``): for an image with label ``y`` the search
+*ascends*
+
+.. math::
+
+    L(x) = w \sum_{i \in \text{top-}k} s_i(x) - s_y(x) + \lambda \sum_{n \in \mathcal N} \sigma_n\,
+           \operatorname{mean}_{h,w} a_n(x)
+
+with ``s`` the softmax probabilities (``scores="probs"``, DLFuzz on ImageNet) or the logits
+(``"logits"``, DLFuzz on MNIST), ``top-k`` the ``top_k = 4`` best classes other than ``y`` (ranks
+2–5 of the prediction), ``w = 0.5``, ``λ = 0.5``, ``a_n`` the raw output of neuron (channel) ``n``
+and ``σ_n = ±1`` (−1 only for strategy 3's neurons just below the threshold). Each step is
+``x ← clip(x + step·ĝ, 0, 1)`` with the RMS-normalized gradient ``ĝ = g / (sqrt(mean g²) + 1e-5)``.
+
+Neuron selection strategies (REFERENCE.md; ``times`` = how often each neuron was covered, from a
+:class:`~advlens.metrics.coverage.CoverageTracker`):
+
+* ``None`` — random uncovered neurons; ``0`` — sampled ∝ ``times``; ``1`` — ∝ ``max(times) − times``
+  (seed 000's choice); ``2`` — uniform among the top 10 % of all neurons by the mean weight of the
+  producing conv/linear (positive means only); ``3`` — neurons with value in ``(t, t+0.25)``
+  (maximized, half the budget) and in ``(t−0.2, t)`` (entered negated), dense layers excluded.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .._checks import AdvlensError, check_images
+from ..explain.engine import check_model
+from ..metrics.coverage import CoverageTracker, channel_means, layer_outputs_pass, scaled_channel_means
+from ..models.wrapper import ClassifierModel
+from .base import AttackResult, finish, register_attack
+
+__all__ = ["dlfuzz", "dlfuzz_objective", "select_neurons"]
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = (None, 0, 1, 2, 3)
+SCORES = ("probs", "logits")
+
+
+def _positive_int(v: object, name: str) -> int:
+    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        raise AdvlensError(f"{name} must be a positive integer, got {v!r}")
+    return v
+
+
+def _number(v: object, name: str, positive: bool = False) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (positive and v <= 0):
+        raise AdvlensError(f"{name} must be a {'positive' if positive else 'finite'} number, got {v!r}")
+    return float(v)
+
+
+def _check_strategy(strategy: object) -> int | None:
+    if isinstance(strategy, bool) or strategy not in STRATEGIES:
+        raise AdvlensError(f"unknown DLFuzz strategy {strategy!r} (choose from: None, 0, 1, 2, 3)")
+    return strategy  # type: ignore[return-value]
+
+
+def _check_scores(scores: object) -> str:
+    if scores not in SCORES:
+        raise AdvlensError(f"scores must be 'probs' or 'logits', got {scores!r}")
+    return scores  # type: ignore[return-value]
+
+
+def _check_top_k(top_k: object, classes: int) -> int:
+    if _positive_int(top_k, "top_k") > classes - 1:
+        raise AdvlensError(f"top_k={top_k} needs more than {top_k} classes, the model has {classes}")
+    return top_k  # type: ignore[return-value]
+
+
+def _values_dense(outputs: dict[str, torch.Tensor], names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Neuron values ``[N,T]`` of layer outputs and a ``bool [T]`` mask of neurons in dense layers."""
+    values = torch.cat([scaled_channel_means(outputs[k]) for k in names], 1)
+    dense = torch.cat([torch.full((outputs[k].shape[1],), outputs[k].ndim == 2) for k in names])
+    return values, dense.to(values.device)
+
+
+def _other_classes(s: torch.Tensor, y: torch.Tensor, top_k: int) -> torch.Tensor:
+    """The ``top_k`` highest-scoring classes other than ``y``: ``[N,C]`` → ``[N,top_k]``."""
+    return s.detach().scatter(1, y[:, None], float("-inf")).topk(top_k, 1).indices
+
+
+def _objective(
+    model: ClassifierModel, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, sign: torch.Tensor,
+    others: torch.Tensor | None, predict_weight: float, lam: float, top_k: int, scores: str, names: list[str],
+) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+    """One forward: ``(L [N], logits [N,C], {layer: output})`` (see the module docstring)."""
+    logits, outputs = layer_outputs_pass(model, x, names)
+    s = logits.softmax(1) if scores == "probs" else logits
+    if others is None:
+        others = _other_classes(s, y, top_k)
+    pred_term = predict_weight * s.gather(1, others).sum(1) - s.gather(1, y[:, None]).squeeze(1)
+    acts = torch.cat([channel_means(outputs[n]) for n in names], 1)  # [N,T] raw spatial means
+    return pred_term + lam * (acts.gather(1, index) * sign).sum(1), logits, outputs
+
+
+def dlfuzz_objective(
+    model: ClassifierModel, x: torch.Tensor, y: torch.Tensor, neurons: torch.Tensor,
+    signs: torch.Tensor | None = None, others: torch.Tensor | None = None, predict_weight: float = 0.5,
+    lam: float = 0.5, top_k: int = 4, scores: str = "probs", layers: str | Sequence[str] = "all",
+) -> torch.Tensor:
+    r"""The DLFuzz objective ``L`` per image (module docstring; REFERENCE.md DLFuzz, seed 000 eq. 8).
+
+    Differentiable with respect to ``x`` (set ``x.requires_grad``).
+
+    Args:
+        neurons: ``long [N,M]`` or ``[M]`` selected neurons as flat indices over the channels of
+            ``layers`` concatenated in order (layer 1's ``K_1`` channels, then layer 2's, …).
+        signs: ``[N,M]`` or ``[M]`` of ±1 (0 switches a slot off); default all +1.
+        others: ``long [N,top_k]`` the competing classes; default: the ``top_k`` best classes of
+            ``x`` other than ``y`` (DLFuzz fixes them from the seed's prediction).
+        predict_weight, lam: ``w`` and ``λ``. scores: ``"probs"`` or ``"logits"``.
+
+    Returns:
+        ``[N]`` objective values.
+
+    Shape: ``x`` ``[N,3,H,W]`` in [0,1], ``y`` ``[N]`` → ``[N]``.
+    """
+    model = check_model(model)
+    names = model.resolve_layers(layers)
+    scores, top_k = _check_scores(scores), _check_top_k(top_k, len(model.labels))
+    index = torch.as_tensor(neurons, device=x.device).long().expand(len(x), -1)
+    sign = torch.ones_like(index, dtype=x.dtype) if signs is None else torch.as_tensor(signs).to(x).expand_as(index)
+    y = torch.as_tensor(y, device=x.device).long()
+    return _objective(model, x, y, index, sign, others, predict_weight, lam, top_k, scores, names)[0]
+
+
+def _pick(weight: torch.Tensor, count: torch.Tensor, gen: torch.Generator, allowed: torch.Tensor | None = None):
+    """Per row, ``count`` distinct columns sampled without replacement ∝ ``weight`` (Gumbel top-k);
+    zero-weight columns only once the positive ones run out (then uniformly); never a column with
+    ``allowed`` False. ``weight [N,T] ≥ 0``, ``count [N]`` → bool mask ``[N,T]``."""
+    u = torch.rand(weight.shape, generator=gen, device=weight.device, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    g = -torch.log(-torch.log(u))
+    w = weight.double()
+    key = torch.where(w > 0, w.clamp_min(1e-300).log() + g, g - 1e4)
+    if allowed is not None:
+        key = key.masked_fill(~allowed, float("-inf"))
+    rank = key.argsort(1, descending=True).argsort(1)
+    return rank < count[:, None]
+
+
+def _producer_weight_means(model: ClassifierModel, names: list[str], sizes: list[int], x1: torch.Tensor):
+    """Mean kernel weight per neuron, ``float64 [T]``, of the conv/linear producing each layer (NaN: unknown).
+
+    The producer is the last ``Conv{1,2,3}d`` / ``Linear`` run (one traced forward) before the layer
+    outputs, and only if its output count equals the layer's ``K`` (in residual blocks that can be the
+    shortcut conv). Hooks are removed in ``finally``.
+    """
+    kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+    order: list[nn.Module] = []
+    snap: dict[str, int] = {}
+    handles = []
+
+    def ran(mod: nn.Module, inp: object, out: object) -> None:
+        order.append(mod)
+
+    def mark(name: str):
+        def fn(mod: nn.Module, inp: object, out: object) -> None:
+            snap.setdefault(name, len(order))
+
+        return fn
+
+    try:
+        for m in model.net.modules():
+            if isinstance(m, kinds):
+                handles.append(m.register_forward_hook(ran))
+        for n in names:
+            handles.append(model.layers[n].register_forward_hook(mark(n)))
+        with torch.no_grad():
+            model(x1)
+    finally:
+        for h in handles:
+            h.remove()
+    means = []
+    for n, k in zip(names, sizes):
+        prod = order[snap[n] - 1] if snap.get(n, 0) > 0 else None
+        ok = prod is not None and prod.weight.shape[0] == k
+        means.append(prod.weight.detach().flatten(1).mean(1).double() if ok
+                     else torch.full((k,), float("nan"), dtype=torch.float64, device=x1.device))
+    return torch.cat(means).to(x1.device)
+
+
+def _select(
+    tracker: CoverageTracker, strategy: int | None, m: int, gen: torch.Generator,
+    values: torch.Tensor, dense: torch.Tensor, x1: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-image selection from tracker state and current neuron ``values [N,T]``; see :func:`select_neurons`."""
+    n, t = values.shape
+    times = tracker.times_flat.to(values.device).double().expand(n, t)
+    count = torch.full((n,), m, dtype=torch.long, device=values.device)
+    sign = torch.ones(n, m, dtype=values.dtype, device=values.device)
+    if strategy == 2:
+        means = _producer_weight_means(tracker.model, tracker.names, tracker.sizes, x1)
+        valid = torch.isfinite(means) & (means > 0)
+        if not valid.any():
+            log.warning("dlfuzz strategy 2: no producing conv/linear with positive mean weight; using strategy 1")
+            strategy = 1
+        else:
+            k = min(math.ceil(0.1 * t), int(valid.sum()))
+            top = torch.zeros(t, dtype=torch.bool, device=values.device)
+            top[means.masked_fill(~valid, float("-inf")).topk(k).indices] = True
+            mask = _pick(top.double().expand(n, t), count, gen)
+    if strategy is None:
+        mask = _pick((times == 0).double(), count, gen)
+    elif strategy == 0:
+        mask = _pick(times, count, gen)
+    elif strategy == 1:
+        mask = _pick(times.max() - times, count, gen)
+    elif strategy == 3:
+        thr = tracker.threshold
+        above = (values > thr) & (values < thr + 0.25) & ~dense
+        below = (values > thr - 0.2) & (values < thr) & ~dense
+        n_a, n_b = above.sum(1), below.sum(1)
+        q_a = torch.minimum(n_a, torch.clamp(m - n_b, min=m // 2))
+        q_b = torch.minimum(n_b, m - q_a)
+        sel_a = _pick(above.double(), q_a, gen, above)
+        sel_b = _pick(below.double(), q_b, gen, below)
+        fill = _pick((times == 0).double(), m - q_a - q_b, gen, ~(sel_a | sel_b))
+        mask = sel_a | sel_b | fill
+    index = torch.argsort((~mask).to(torch.int8), dim=1, stable=True)[:, :m]
+    if strategy == 3:
+        sign = torch.where(sel_b.gather(1, index), -sign, sign)
+    return index, sign
+
+
+def select_neurons(
+    tracker: CoverageTracker, x: torch.Tensor, strategy: int | None = 1, neurons: int = 10,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """DLFuzz neuron selection, one independent draw per image (REFERENCE.md DLFuzz, seed 000: strategy 1).
+
+    Every strategy returns exactly ``neurons`` distinct neurons per image: when a strategy has fewer
+    candidates (e.g. few neurons near the threshold), the rest are random uncovered neurons, then
+    random covered ones (DLFuzz's own fallback is random neurons). Strategies 0/1 with nothing covered
+    yet are uniform, i.e. random uncovered neurons as in DLFuzz.
+
+    Args:
+        tracker: coverage so far (updated at least once); defines the layers and ``times``.
+        x: ``[N,3,H,W]`` the current inputs (their values drive strategy 3; ``x[:1]`` traces
+            strategy 2's producing convs).
+        strategy: ``None``, 0, 1, 2 or 3 (module docstring). neurons: budget ``M`` per image.
+        generator: randomness (default: seeded with 0 on ``x``'s device).
+
+    Returns:
+        ``(index, sign)``: ``long [N,M]`` flat neuron indices (layers concatenated in tracker order)
+        and ``[N,M]`` ±1 (−1 for strategy 3's neurons below the threshold).
+    """
+    strategy = _check_strategy(strategy)
+    m = _positive_int(neurons, "neurons")
+    check_images(x)
+    if not tracker.total:
+        raise AdvlensError("the tracker has seen no input yet; call tracker.update(x) first")
+    if m > tracker.total:
+        raise AdvlensError(f"neurons={m} exceeds the {tracker.total} neurons of the tracked layers")
+    with torch.no_grad():
+        values, dense = _values_dense(layer_outputs_pass(tracker.model, x, tracker.names)[1], tracker.names)
+    gen = generator or torch.Generator(device=x.device).manual_seed(0)
+    return _select(tracker, strategy, m, gen, values, dense, x[:1])
+
+
+@register_attack("dlfuzz")
+def dlfuzz(
+    model: ClassifierModel, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None, seed: int = 0,
+    strategy: int | None = 1, neurons: int = 10, threshold: float = 0.25, lam: float = 0.5,
+    predict_weight: float = 0.5, top_k: int = 4, scores: str = "probs", step: float = 0.5 / 255,
+    iterations: int = 3, max_rel_l2: float | None = 0.02, layers: str | Sequence[str] = "all",
+    tracker: CoverageTracker | None = None,
+) -> AttackResult:
+    """DLFuzz gradient ascent on the objective of the module docstring (seed 000 §III-D; REFERENCE.md).
+
+    Batched: per image, the competing classes are fixed from the clean prediction and the neurons
+    are selected once (independently per image, seeded), as DLFuzz fixes both for a seed's
+    iterations. Each iteration takes one RMS-normalized step, clipped to [0,1] (no other projection).
+    An image stops at its first adversarial iterate (label ≠ ``y``; kept as ``x_adv``), or once
+    ``‖x−x₀‖₂/‖x₀‖₂ ≥ max_rel_l2`` (that iterate is kept, so the bound can be exceeded by one step;
+    DLFuzz drops such mutations from its seed queue; measured in [0,1] units, whereas DLFuzz measures
+    on mean-subtracted 0–255 values). Otherwise ``x_adv`` is the last iterate. Images misclassified
+    before the attack are returned unchanged.
+
+    Args:
+        y: labels ``[N]`` (``y_orig``). target: unsupported (DLFuzz is untargeted).
+        seed: neuron-selection randomness. strategy: ``None``/0/1/2/3 (default 1, as seed 000).
+        neurons: neurons per image (10). threshold: coverage threshold (0.25).
+        lam, predict_weight, top_k, scores: ``λ``, ``w``, competing classes, ``"probs"|"logits"``.
+        step: step in [0,1] units (0.5/255 ≈ DLFuzz's 0.5 in 0–255 units). iterations: 3 (seed 000: 1).
+        max_rel_l2: stopping bound (None: off). layers: the layers whose channels are neurons.
+        tracker: a :class:`~advlens.metrics.coverage.CoverageTracker` to continue (updated in
+            place; pass ``tracker.copy()`` to keep yours); default a fresh one over this batch.
+
+    Returns:
+        :class:`AttackResult` with ``extras``: ``perturbation`` ``[N,3,H,W]`` = ``x_adv − x`` (seed 000
+        scales it by 0.25…4), ``coverage_before`` / ``coverage_after`` (0-dim), ``coverage_curve``
+        ``[iterations+1]`` (coverage after each iteration, seed 000 Fig. 2), ``iterations_used`` ``[N]``.
+
+    Shape: ``x`` ``[N,3,H,W]`` in [0,1] → ``x_adv`` same shape.
+
+    Example:
+        >>> res = al.attack(model, x, y, method="dlfuzz", strategy=1, iterations=3)
+        >>> res.extras["coverage_curve"]
+    """
+    if target is not None:
+        raise AdvlensError("dlfuzz is untargeted; drop target")
+    strategy, scores = _check_strategy(strategy), _check_scores(scores)
+    m, iterations = _positive_int(neurons, "neurons"), _positive_int(iterations, "iterations")
+    top_k = _check_top_k(top_k, len(model.labels))
+    step, threshold = _number(step, "step", positive=True), _number(threshold, "threshold")
+    lam, predict_weight = _number(lam, "lam"), _number(predict_weight, "predict_weight")
+    if max_rel_l2 is not None:
+        max_rel_l2 = _number(max_rel_l2, "max_rel_l2", positive=True)
+    given = tracker is not None
+    if tracker is None:
+        tracker = CoverageTracker(model, threshold, layers)
+    elif not isinstance(tracker, CoverageTracker) or tracker.model is not model:
+        raise AdvlensError("tracker must be a CoverageTracker built on the attacked model")
+    names = tracker.names
+    start = time.perf_counter()
+    x0 = x.detach()
+    n = len(x0)
+
+    with torch.no_grad():
+        logits, outputs = layer_outputs_pass(model, x0, names)
+    values, dense = _values_dense(outputs, names)
+    if m > len(dense):
+        raise AdvlensError(f"neurons={m} exceeds the {len(dense)} neurons of the tracked layers")
+    tracker.update_values(values, [outputs[k].shape[1] for k in names])
+    s0 = logits.softmax(1) if scores == "probs" else logits
+    others = _other_classes(s0, y, top_k)
+    active = logits.argmax(1) == y  # already-misclassified images stay as they are
+    del outputs, logits, s0
+    gen = torch.Generator(device=x0.device).manual_seed(seed)
+    index, sign = _select(tracker, strategy, m, gen, values, dense, x0[:1])
+    sign = sign.to(x0.dtype)
+
+    curve = [tracker.coverage]
+    coverage_before = curve[0]
+    cur = x0.clone()
+    used = torch.zeros(n, dtype=torch.long, device=x0.device)
+    norm0 = x0.flatten(1).norm(dim=1).clamp_min(1e-12)
+
+    def assess(idx: torch.Tensor, logits: torch.Tensor, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Count the coverage of the iterates ``cur[idx]``; ``[len(idx)]`` True where they stop."""
+        tracker.update_values(torch.cat([scaled_channel_means(outputs[k]) for k in names], 1))
+        stop = logits.detach().argmax(1) != y[idx]
+        if max_rel_l2 is not None:
+            stop |= (cur[idx] - x0[idx]).flatten(1).norm(dim=1) / norm0[idx] >= max_rel_l2
+        active[idx[stop]] = False
+        curve.append(tracker.coverage)
+        return stop
+
+    # The forward at iteration t both assesses iterate t (label, bound, coverage) and gives the
+    # gradient for step t+1; one more forward assesses the last iterate.
+    for t in range(iterations):
+        idx = active.nonzero().squeeze(1)
+        if idx.numel() == 0:
+            if t > 0:
+                curve.append(tracker.coverage)
+            continue
+        with torch.enable_grad():
+            xa = cur[idx].requires_grad_(True)
+            obj, logits, outputs = _objective(model, xa, y[idx], index[idx], sign[idx], others[idx],
+                                              predict_weight, lam, top_k, scores, names)
+            go = ~assess(idx, logits, outputs) if t > 0 else torch.ones_like(idx, dtype=torch.bool)
+            if go.any():
+                (g,) = torch.autograd.grad(obj[go].sum(), xa)
+        del outputs, logits
+        if go.any():
+            g, step_idx = g[go], idx[go]
+            rms = g.flatten(1).pow(2).mean(1).sqrt().view(-1, 1, 1, 1)
+            cur[step_idx] = torch.clamp(cur[step_idx] + step * g / (rms + 1e-5), 0.0, 1.0)
+            used[step_idx] += 1
+    idx = active.nonzero().squeeze(1)
+    if idx.numel():
+        with torch.no_grad():
+            assess(idx, *layer_outputs_pass(model, cur[idx], names))
+    else:
+        curve.append(tracker.coverage)
+
+    x_adv = cur.detach()
+    params = {
+        "method": "dlfuzz", "strategy": strategy, "neurons": m, "threshold": tracker.threshold, "lam": lam,
+        "predict_weight": predict_weight, "top_k": top_k, "scores": scores, "step": step,
+        "iterations": iterations, "max_rel_l2": max_rel_l2, "layers": list(names), "seed": seed,
+        "selection": "per image", "tracker": "given" if given else "fresh",
+    }
+    extras = {
+        "perturbation": x_adv - x0,
+        "coverage_before": torch.tensor(coverage_before, device=x0.device),
+        "coverage_after": torch.tensor(tracker.coverage, device=x0.device),
+        "coverage_curve": torch.tensor(curve, device=x0.device),
+        "iterations_used": used,
+    }
+    return finish(model, x_adv, y, None, start, params, extras)
