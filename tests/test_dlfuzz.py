@@ -98,8 +98,9 @@ def test_objective_gradient_matches_finite_differences(tiny, x_tiny):
     for k in coords.tolist():
         e = torch.zeros_like(flat)
         e[k] = h
-        up = dlfuzz_objective(tiny, (flat + e).view_as(x_tiny), y, index, others=others).sum()
-        down = dlfuzz_objective(tiny, (flat - e).view_as(x_tiny), y, index, others=others).sum()
+        with torch.no_grad():
+            up = dlfuzz_objective(tiny, (flat + e).view_as(x_tiny), y, index, others=others).sum()
+            down = dlfuzz_objective(tiny, (flat - e).view_as(x_tiny), y, index, others=others).sum()
         assert float((up - down) / (2 * h)) == pytest.approx(float(g.flatten()[k]), rel=1e-5, abs=1e-8)
 
 
@@ -235,7 +236,7 @@ def test_attack_default_budget(digits_model, digits_xy):
 def test_attack_succeeds_with_larger_steps(digits_model, digits_xy):
     x, y = digits_xy
     res = al.attack(digits_model, x, y, method="dlfuzz", step=0.05, iterations=10, max_rel_l2=None, seed=0)
-    # observed: 36 / 41 correctly classified test digits flipped (0.88); coverage 0.40 → 0.46
+    # observed: 40 / 48 digits flipped (0.83); coverage 0.384 → 0.451 (logits: 48 / 48 in ~1.3 steps)
     assert res.success_rate >= 0.7, res.success_rate
     assert float(res.extras["coverage_after"]) > float(res.extras["coverage_before"])
     assert torch.equal(res.success, res.pred != y)

@@ -1,7 +1,6 @@
 r"""DLFuzz: coverage-guided gradient ascent (Guo et al. 2021; the attack of seed 000, §III-D eq. 8).
 
-REFERENCE.md "DLFuzz" (facts from ``turned2670/DLFuzz``): for an image with label ``y`` the search
-*ascends*
+REFERENCE.md "DLFuzz" (facts from ``turned2670/DLFuzz``): for an image with label ``y`` it *ascends*
 
 .. math::
 
@@ -240,7 +239,8 @@ def select_neurons(
     Every strategy returns exactly ``neurons`` distinct neurons per image: when a strategy has fewer
     candidates (e.g. few neurons near the threshold), the rest are random uncovered neurons, then
     random covered ones (DLFuzz's own fallback is random neurons). Strategies 0/1 with nothing covered
-    yet are uniform, i.e. random uncovered neurons as in DLFuzz.
+    yet are uniform, i.e. random uncovered neurons as in DLFuzz. Strategy 3 samples its near-threshold
+    neurons at random (DLFuzz takes the first ones in its table order).
 
     Args:
         tracker: coverage so far (updated at least once); defines the layers and ``times``.
@@ -308,9 +308,8 @@ def dlfuzz(
     """
     if target is not None:
         raise AdvlensError("dlfuzz is untargeted; drop target")
-    strategy, scores = _check_strategy(strategy), _check_scores(scores)
+    strategy, scores, top_k = _check_strategy(strategy), _check_scores(scores), _check_top_k(top_k, len(model.labels))
     m, iterations = _positive_int(neurons, "neurons"), _positive_int(iterations, "iterations")
-    top_k = _check_top_k(top_k, len(model.labels))
     step, threshold = _number(step, "step", positive=True), _number(threshold, "threshold")
     lam, predict_weight = _number(lam, "lam"), _number(predict_weight, "predict_weight")
     if max_rel_l2 is not None:
@@ -323,7 +322,6 @@ def dlfuzz(
     names = tracker.names
     start = time.perf_counter()
     x0 = x.detach()
-    n = len(x0)
 
     with torch.no_grad():
         logits, outputs = layer_outputs_pass(model, x0, names)
@@ -340,9 +338,8 @@ def dlfuzz(
     sign = sign.to(x0.dtype)
 
     curve = [tracker.coverage]
-    coverage_before = curve[0]
     cur = x0.clone()
-    used = torch.zeros(n, dtype=torch.long, device=x0.device)
+    used = torch.zeros(len(x0), dtype=torch.long, device=x0.device)
     norm0 = x0.flatten(1).norm(dim=1).clamp_min(1e-12)
 
     def assess(idx: torch.Tensor, logits: torch.Tensor, outputs: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -392,7 +389,7 @@ def dlfuzz(
     }
     extras = {
         "perturbation": x_adv - x0,
-        "coverage_before": torch.tensor(coverage_before, device=x0.device),
+        "coverage_before": torch.tensor(curve[0], device=x0.device),
         "coverage_after": torch.tensor(tracker.coverage, device=x0.device),
         "coverage_curve": torch.tensor(curve, device=x0.device),
         "iterations_used": used,

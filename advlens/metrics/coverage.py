@@ -30,6 +30,7 @@ from advlens.models.wrapper import ClassifierModel
 
 __all__ = ["CoverageTracker", "neuron_coverage", "neuron_values"]
 
+
 def channel_means(output: torch.Tensor) -> torch.Tensor:
     """Raw spatial mean of each channel (DLFuzz's neuron term ``mean_{h,w} a_n``): ``[N,K,…]`` → ``[N,K]``."""
     return output.flatten(2).mean(2) if output.ndim > 2 else output

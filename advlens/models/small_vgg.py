@@ -30,7 +30,7 @@ __all__ = ["SmallVGG", "train_small_vgg", "advlens_home", "TRAINABLE_DATA"]
 log = logging.getLogger(__name__)
 
 TRAINABLE_DATA = ("digits", "lfw", "shapes")
-_EPOCHS = {"digits": 30, "lfw": 40, "shapes": 20}
+_EPOCHS = {"digits": 15, "lfw": 40, "shapes": 20}
 _N_IMAGES = {"shapes": 2500}  # procedural: generate enough to learn from (default None = the whole set)
 _WIDTHS = ((1, 16, 2), (2, 32, 2), (3, 64, 2))  # (block, channels, convs)
 MEAN = STD = (0.5, 0.5, 0.5)
@@ -86,7 +86,7 @@ def train_small_vgg(
     Args:
         data: ``"digits"``, ``"lfw"`` or ``"shapes"`` (train split; accuracy on the test split).
         seed: controls init and batch order; the same seed gives the same weights.
-        epochs: default per data set (digits 30, lfw 40, shapes 30).
+        epochs: default per data set (digits 15, lfw 40, shapes 20).
         out: file to write (default: the cache path that :func:`load_model` looks up).
         progress: show a tqdm bar over epochs.
 

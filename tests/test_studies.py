@@ -1,0 +1,183 @@
+"""Study specs, the resumable runner, and the seed-000 / seed-003 analyses on hand-made tables."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+import advlens as al
+from advlens.cli import main
+from advlens.studies import layer_shift, mod_vid
+from advlens.studies.runner import build_report, run_study
+from advlens.studies.spec import PRESETS, load_spec
+
+SPEC = """
+study = "layer_shift"
+model = "small_vgg_digits"
+data = "digits"
+split = "test"
+strengths = [0.5, 1, 2]
+explainers = ["gradcam", "layercam"]
+metrics = ["cosine", "nissim"]
+batch_size = 4
+limit = 10
+[attack]
+method = "fgsm"
+eps = 0.05
+"""
+
+
+@pytest.fixture
+def spec_file(tmp_path, digits_model):
+    path = tmp_path / "spec.toml"
+    path.write_text(SPEC)
+    return path
+
+
+def test_specs_from_presets_and_toml(spec_file):
+    for name in PRESETS:
+        assert load_spec(preset=name).study in ("layer_shift", "mod_vid")
+    spec = load_spec(spec_file, limit=6)
+    assert spec.limit == 6 and spec.strengths == [0.5, 1, 2] and spec.attack == {"method": "fgsm", "eps": 0.05}
+
+
+@pytest.mark.parametrize("text, message", [
+    ('study = "layer_shift"\nstrenghts = [1]', r"unknown key\(s\) \['strenghts'\]"),
+    ('study = "layer_shif"', "unknown study 'layer_shif'; did you mean 'layer_shift'"),
+    ("strengths = [0, 1]", "strengths must be a non-empty list of positive numbers"),
+    ('attack = {eps = 1}', "must be a table with a 'method' key"),
+    ("study = [", "cannot parse study spec"),
+])
+def test_bad_specs_fail_clearly(tmp_path, text, message):
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(al.AdvlensError, match=message):
+        load_spec(path)
+
+
+def test_layer_shift_study_end_to_end_and_report_from_results_alone(tmp_path, spec_file):
+    out = tmp_path / "study"
+    report = run_study(load_spec(spec_file), out, progress=False)
+    res = pd.read_parquet(out / "results.parquet")
+    assert len(res) == 10 * 3 * 2 * 2 * 6  # images x strengths x conditions x explainers x layers
+    assert not res.duplicated(["image", "strength", "condition", "explainer", "layer"]).any()
+    imgs = pd.read_parquet(out / "images.parquet")
+    adv = imgs[imgs.condition == "adversarial"]
+    assert (adv.linf <= adv.strength * 0.05 + 1e-6).all()
+    assert imgs[(imgs.condition == "adversarial") & (imgs.strength == 2)].flipped.mean() > \
+        imgs[(imgs.condition == "noise") & (imgs.strength == 2)].flipped.mean()
+    assert report.is_file() and (out / "figures" / "compromise_gradcam.png").is_file()
+    # rebuild from results alone
+    for f in (out / "figures").iterdir():
+        f.unlink()
+    report.unlink()
+    assert main(["report", str(out)]) == 0
+    assert report.is_file() and (out / "figures" / "histogram_layercam.png").is_file()
+    assert report.read_text().count("data:image/png;base64,") >= 6
+
+
+def test_interrupted_study_resumes_without_lost_or_duplicated_rows(tmp_path, spec_file, monkeypatch):
+    spec = load_spec(spec_file)
+    clean = tmp_path / "clean"
+    run_study(spec, clean, progress=False)
+    real_plan = layer_shift.plan
+    calls = []
+
+    def failing_plan(s):
+        units = real_plan(s)
+        original = units[1].run
+
+        def boom():
+            calls.append(1)
+            raise KeyboardInterrupt  # killed while the second chunk runs
+
+        units[1].run = boom
+        del original
+        return units
+
+    out = tmp_path / "resumed"
+    monkeypatch.setattr(layer_shift, "plan", failing_plan)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(spec, out, progress=False)
+    assert calls and len(list((out / "chunks" / "results").glob("*.parquet"))) == 1
+    assert not (out / "results.parquet").exists()
+    monkeypatch.setattr(layer_shift, "plan", real_plan)
+    run_study(spec, out, progress=False)
+    a, b = pd.read_parquet(clean / "results.parquet"), pd.read_parquet(out / "results.parquet")
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_killed_process_resumes(tmp_path, spec_file):
+    """SIGKILL the CLI mid-run, run the same command again: the same table as an uninterrupted run."""
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "advlens.cli", "study", str(spec_file), "--out", str(out), "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((out / "chunks" / "results").glob("*.parquet")):
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done_before = len(list((out / "chunks" / "results").glob("*.parquet")))
+    assert 1 <= done_before
+    assert subprocess.run(cmd, capture_output=True, timeout=300).returncode == 0
+    ref = tmp_path / "ref"
+    run_study(load_spec(spec_file), ref, progress=False)
+    pd.testing.assert_frame_equal(pd.read_parquet(ref / "results.parquet"), pd.read_parquet(out / "results.parquet"))
+
+
+def test_other_spec_in_same_folder_is_refused(tmp_path, spec_file):
+    out = tmp_path / "s"
+    run_study(load_spec(spec_file, limit=4), out, progress=False)
+    with pytest.raises(al.AdvlensError, match="different study spec"):
+        run_study(load_spec(spec_file, limit=5), out, progress=False)
+
+
+def test_compromise_rule_on_a_hand_made_table():
+    rows = []
+    # layer L1: noise similarities 0.9, 0.8, 0.7 -> median 0.8, mean 0.8; adversarial 0.85, 0.75, 0.5
+    # layer L2: noise 0.9, 0.9, 0.3 -> median 0.9, mean 0.7; adversarial 0.8, 0.95, 0.6
+    for layer, noise, adv in [("L1", [0.9, 0.8, 0.7], [0.85, 0.75, 0.5]), ("L2", [0.9, 0.9, 0.3], [0.8, 0.95, 0.6])]:
+        for i in range(3):
+            for cond, v in (("noise", noise[i]), ("adversarial", adv[i])):
+                rows.append({"image": f"i{i}", "explainer": "gradcam", "strength": 1.0, "layer": layer,
+                             "layer_index": int(layer[1]), "condition": cond, "cosine": v})
+    table = pd.DataFrame(rows)
+    med = layer_shift.compromise_table(table, "median").set_index(["layer", "image"]).compromised
+    assert med.to_dict() == {("L1", "i0"): False, ("L1", "i1"): True, ("L1", "i2"): True,
+                             ("L2", "i0"): True, ("L2", "i1"): False, ("L2", "i2"): True}
+    mean = layer_shift.compromise_table(table, "mean").set_index(["layer", "image"]).compromised
+    assert mean[("L2", "i0")] == bool(0.8 < 0.7) and mean[("L2", "i2")] == bool(0.6 < 0.7)
+
+
+def test_mod_and_vid_on_a_hand_made_table():
+    rows = []
+    values = {0.01: [0.1, 0.2, 0.3, 0.4], 0.1: [0.5, 0.5, 0.7, 0.7]}  # (image, layer) grid per eps
+    for eps, vals in values.items():
+        for k, v in enumerate(vals):
+            rows.append({"model": "m", "source": "white-box", "explainer": "gradcam", "eps": eps,
+                         "image": f"i{k // 2}", "layer": f"l{k % 2}", "nissim": v})
+    mod, vid = mod_vid.mod_vid_table(pd.DataFrame(rows))
+    assert mod.set_index("eps").MOD.to_dict() == pytest.approx({0.01: 0.25, 0.1: 0.6})
+    assert vid.VID.iloc[0] == pytest.approx(0.175)  # population std of (0.25, 0.6)
+
+
+def test_mod_vid_study_runs_white_box_and_transfer(tmp_path, digits_model):
+    spec = load_spec(preset="seed003", limit=4, batch_size=4,
+                     models=[{"model": "small_vgg_digits", "data": "digits", "split": "test",
+                              "surrogate": {"model": "small_vgg_digits", "seed": 0}}])
+    run_study(spec, tmp_path / "mv", progress=False)
+    res = pd.read_parquet(tmp_path / "mv" / "results.parquet")
+    assert set(res.source) == {"white-box", "transfer from small_vgg_digits seed 0"}
+    assert len(res) == 2 * 4 * 4 * 6  # sources x eps x images x layers
+    # a surrogate identical to the model transfers exactly its white-box attack
+    wb = res[res.source == "white-box"].nissim.to_numpy()
+    tr = res[res.source != "white-box"].nissim.to_numpy()
+    assert abs(wb - tr).max() < 1e-6
+    imgs = pd.read_parquet(tmp_path / "mv" / "images.parquet")
+    acc = imgs[imgs.source == "white-box"].groupby("eps").correct.mean()
+    assert acc[0.1] <= acc[0.01]
