@@ -52,6 +52,7 @@ def test_specs_from_presets_and_toml(spec_file):
     ("strengths = [0, 1]", "strengths must be a non-empty list of positive numbers"),
     ('attack = {eps = 1}', "must be a table with a 'method' key"),
     ("study = [", "cannot parse study spec"),
+    ('explain_target = "adv"', "explain_target must be 'predicted' or 'clean'"),
 ])
 def test_bad_specs_fail_clearly(tmp_path, text, message):
     path = tmp_path / "bad.toml"

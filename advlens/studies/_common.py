@@ -38,9 +38,14 @@ def chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def maps_in_batches(model: ClassifierModel, x: torch.Tensor, methods: Sequence[str], layers, batch_size: int):
-    """``explain_many`` over batches of ``x``; returns ``{method: {layer: [N,H,W]}}`` on the device."""
-    parts = [explain_many(model, x[s], methods, layers=layers) for s in chunks(len(x), batch_size)]
+def maps_in_batches(model: ClassifierModel, x: torch.Tensor, methods: Sequence[str], layers, batch_size: int,
+                    target: torch.Tensor | None = None):
+    """``explain_many`` over batches of ``x``; returns ``{method: {layer: [N,H,W]}}`` on the device.
+
+    ``target`` ``[N]``: the classes to explain (None = each input's predicted class).
+    """
+    parts = [explain_many(model, x[s], methods, layers=layers, target=None if target is None else target[s])
+             for s in chunks(len(x), batch_size)]
     return {m: {n: torch.cat([p[m][n] for p in parts]) for n in parts[0][m]} for m in parts[0]}
 
 

@@ -39,13 +39,14 @@ def plan(spec: StudySpec) -> list[Unit]:
         seed = spec.seed + i
         y = model.predict(x)
         res = attack(model, x, y, method=spec.attack["method"], seed=seed, **params)
-        clean = maps_in_batches(model, x, spec.explainers, spec.layers, spec.batch_size)
+        target = y if spec.explain_target == "clean" else None
+        clean = maps_in_batches(model, x, spec.explainers, spec.layers, spec.batch_size, target)
         rows, imgs, examples = [], [], {}
         for s in spec.strengths:
             conds = {"adversarial": (x + s * (res.x_adv - x)).clamp(0, 1),
                      "noise": matched_noise(x, res.x_adv, strength=s, seed=seed)}
             for cond, xc in conds.items():
-                maps = maps_in_batches(model, xc, spec.explainers, spec.layers, spec.batch_size)
+                maps = maps_in_batches(model, xc, spec.explainers, spec.layers, spec.batch_size, target)
                 rows.append(similarity_rows(clean, maps, names, spec.metrics, strength=s, condition=cond))
                 pred = model.predict(xc)
                 imgs.append(pd.DataFrame({
@@ -59,6 +60,9 @@ def plan(spec: StudySpec) -> list[Unit]:
         info.update({k: float(v) for k, v in res.extras.items() if k.startswith("coverage_") and v.ndim == 0})
         out = {"results": pd.concat(rows, ignore_index=True), "images": pd.concat(imgs, ignore_index=True),
                "attack": pd.DataFrame([info])}
+        if "coverage_curve" in res.extras:  # DLFuzz: neuron coverage after each iteration
+            curve = res.extras["coverage_curve"].cpu().numpy()
+            out["coverage"] = pd.DataFrame({"chunk": i, "iteration": range(len(curve)), "coverage": curve})
         if examples:
             out["examples"] = examples
         return out
@@ -133,6 +137,16 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
             flip_rate=("flipped", "mean"), psnr_db=("psnr", "mean"), max_linf=("linf", "max")).reset_index()
         sections.insert(0, Section("Attack and noise", "Label flips, PSNR and L∞ size per strength.", [],
                                    [flips, tables["attack"]] if "attack" in tables else [flips]))
+    if "coverage" in tables:
+        cov = tables["coverage"].assign(chunk=lambda d: "chunk " + d.chunk.astype(str),
+                                        iteration=lambda d: d.iteration.astype(str))
+        f_cov = layer_shift_plot(figs / "coverage.png", cov.assign(curve="neuron coverage"), x="iteration",
+                                 y="coverage", hue="curve", layer_order=sorted(cov.iteration.unique(), key=int),
+                                 title="DLFuzz: neuron coverage per iteration (mean over chunks)")
+        sections.insert(1, Section("Neuron coverage", "Fraction of neurons (channels of the explained layers) "
+                                   "whose min–max scaled mean activation exceeds the threshold, over the "
+                                   "images of a chunk, before and after each DLFuzz iteration.", [f_cov],
+                                   [tables["coverage"]]))
     grids = _grids(figs, examples, layer_order)
     if grids:
         sections.append(Section("Maps at every depth", "Clean, adversarial and noise maps (strength 1×).", grids))

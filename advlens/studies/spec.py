@@ -43,6 +43,9 @@ class StudySpec:
         strengths: perturbation scales (``layer_shift``) or FGSM eps values (``mod_vid``).
         explainers, layers, metrics: what to compute per layer.
         noise_rule: seed 000 threshold rule, ``median`` (paper) or ``mean`` (authors' code).
+        explain_target: class each map explains: ``predicted`` (the input's own prediction, seed 000
+            and 003) or ``clean`` (the clean image's prediction on every input: separates the
+            shift of the features from the change of the explained class).
         limit: at most this many images (per data set); ``split``: ``test`` / ``train`` / None.
     """
 
@@ -57,6 +60,7 @@ class StudySpec:
     layers: str | list[str] = "all"
     metrics: list[str] = field(default_factory=lambda: ["cosine", "nissim"])
     noise_rule: str = "median"
+    explain_target: str = "predicted"
     limit: int | None = None
     split: str | None = None
     seed: int = 0
@@ -143,6 +147,8 @@ def _validate(spec: StudySpec) -> None:
         raise AdvlensError(f"strengths must be a non-empty list of positive numbers, got {spec.strengths!r}")
     if spec.noise_rule not in ("median", "mean"):
         raise AdvlensError(f"noise_rule must be 'median' or 'mean', got {spec.noise_rule!r}")
+    if spec.explain_target not in ("predicted", "clean"):
+        raise AdvlensError(f"explain_target must be 'predicted' or 'clean', got {spec.explain_target!r}")
     if spec.limit is not None and spec.limit < 1:
         raise AdvlensError(f"limit must be at least 1, got {spec.limit}")
     if spec.batch_size < 1:
