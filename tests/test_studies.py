@@ -182,3 +182,13 @@ def test_mod_vid_study_runs_white_box_and_transfer(tmp_path, digits_model):
     imgs = pd.read_parquet(tmp_path / "mv" / "images.parquet")
     acc = imgs[imgs.source == "white-box"].groupby("eps").correct.mean()
     assert acc[0.1] <= acc[0.01]
+
+
+def test_seed000_preset_runs_end_to_end_on_the_default_model(tmp_path):
+    """The preset itself (DLFuzz on EfficientNet-Lite0), at CI size: two photos."""
+    assert main(["study", "--preset", "seed000", "--limit", "2", "--out", str(tmp_path / "s0"), "--quiet"]) == 0
+    res = pd.read_parquet(tmp_path / "s0" / "results.parquet")
+    assert len(res) == 2 * 5 * 2 * 18 and set(res.attack) == {"dlfuzz"}
+    cov = pd.read_parquet(tmp_path / "s0" / "coverage.parquet")
+    assert cov.coverage.is_monotonic_increasing and len(cov) == 2  # before and after one iteration
+    assert (tmp_path / "s0" / "figures" / "coverage.png").is_file()

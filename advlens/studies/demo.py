@@ -20,9 +20,10 @@ from .. import metrics
 from .._io import atomic_dir, versions, write_json, write_parquet
 from ..attacks import attack, matched_noise
 from ..data import load_images
-from ..explain import explain_many
 from ..models import load_model
 from ..report import Section, bar_plot, layer_shift_plot, map_grid, write_report
+from ._common import maps_in_batches, similarity_rows
+from .layer_shift import compromise_table
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -47,12 +48,6 @@ class DemoConfig:
     batch_size: int = 8
     seed: int = 0
     device: str = "cpu"
-
-
-def _in_batches(fn, x: torch.Tensor, bs: int, **kw) -> dict:
-    """Run ``explain_many``-like ``fn`` over chunks of ``x`` and concatenate the nested dicts."""
-    parts = [fn(x[i : i + bs], **kw) for i in range(0, len(x), bs)]
-    return {m: {n: torch.cat([p[m][n] for p in parts]) for n in parts[0][m]} for m in parts[0]}
 
 
 def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True) -> Path:
@@ -96,26 +91,14 @@ def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True) -> Path:
         bar.update()
 
     bar.set_postfix_str("explain")
-    maps = {
-        cond: _in_batches(lambda xb: explain_many(model, xb, cfg.methods, layers="all"), imgs, cfg.batch_size)
-        for cond, imgs in images.items()
-    }
+    maps = {cond: maps_in_batches(model, imgs, cfg.methods, "all", cfg.batch_size) for cond, imgs in images.items()}
     bar.update()
 
     bar.set_postfix_str("metrics")
-    layers = list(model.layers)
-    parts = []
-    for a in cfg.attacks:
-        for kind, cond in (("adversarial", a), ("noise", f"{a} noise")):
-            for m in cfg.methods:
-                for li, layer in enumerate(layers):
-                    ref, other = maps["clean"][m][layer], maps[cond][m][layer]
-                    parts.append(pd.DataFrame({
-                        "image": batch.names, "attack": a, "condition": kind, "method": m, "layer": layer,
-                        "layer_index": li, "cosine": metrics.cosine(ref, other).cpu().numpy(),
-                        "nissim": metrics.nissim(ref, other).cpu().numpy(),
-                    }))
-    results = pd.concat(parts, ignore_index=True)
+    results = pd.concat([
+        similarity_rows(maps["clean"], maps[cond], batch.names, ("cosine", "nissim"), attack=a, condition=kind)
+        for a in cfg.attacks for kind, cond in (("adversarial", a), ("noise", f"{a} noise"))
+    ], ignore_index=True)
     attacks_df = pd.DataFrame(attack_rows)
     compromised = _compromised(results)
     bar.update()
@@ -137,20 +120,10 @@ def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True) -> Path:
 
 
 def _compromised(results: pd.DataFrame) -> pd.DataFrame:
-    """Per attack × method × layer: fraction of images whose layer is compromised (seed 000).
-
-    Threshold per layer = median cosine of the noise condition over images; compromised when
-    the adversarial cosine is below it.
-    """
-    out = []
-    for (a, m), g in results.groupby(["attack", "method"], sort=False):
-        piv = {c: g[g.condition == c].pivot(index="image", columns="layer", values="cosine") for c in ("adversarial", "noise")}
-        layers = list(dict.fromkeys(g.sort_values("layer_index").layer))
-        d_a = torch.tensor(piv["adversarial"][layers].to_numpy())
-        d_g = torch.tensor(piv["noise"][layers].to_numpy())
-        prob = metrics.compromised(d_a, d_g, rule="median").float().mean(0)
-        out += [{"attack": a, "method": m, "layer": l, "compromise_probability": float(p)} for l, p in zip(layers, prob)]
-    return pd.DataFrame(out)
+    """Per attack × explainer × layer: fraction of images whose layer is compromised (seed 000 rule)."""
+    table = compromise_table(results, "median", by=("attack", "explainer"))
+    return (table.groupby(["attack", "explainer", "layer_index", "layer"]).compromised.mean()
+            .rename("compromise_probability").reset_index())
 
 
 def _figures(folder: Path, model, images, maps, results, attacks_df, cfg) -> dict[str, list[Path]]:
@@ -164,7 +137,7 @@ def _figures(folder: Path, model, images, maps, results, attacks_df, cfg) -> dic
                 title=f"{m} at five depths of {model.name}",
             ))
     for m in cfg.methods:
-        df = results[results.method == m].assign(
+        df = results[results.explainer == m].assign(
             condition=lambda d: d.condition + " (" + d.attack + ")"
         )
         figs["shift"].append(layer_shift_plot(
@@ -184,9 +157,9 @@ def _report(folder: Path, figs, results, attacks_df, compromised, spec) -> Path:
         mean_confidence=("adv_confidence", "mean"), mean_psnr_db=("psnr", "mean"),
         max_linf=("linf", "max"), seconds_per_image=("time_s", "mean"),
     ).reset_index()
-    per_layer = results.groupby(["attack", "method", "condition", "layer_index", "layer"]).cosine.median().unstack("condition")
+    per_layer = results.groupby(["attack", "explainer", "condition", "layer_index", "layer"]).cosine.median().unstack("condition")
     per_layer = per_layer.reset_index().rename(columns={"adversarial": "median_cos_adversarial", "noise": "median_cos_noise"})
-    top = compromised.sort_values("compromise_probability", ascending=False).groupby(["attack", "method"]).head(3)
+    top = compromised.sort_values("compromise_probability", ascending=False).groupby(["attack", "explainer"]).head(3)
     sections = [
         Section("Attacks", f"Untargeted attacks on {spec['n_images']} images against their clean predictions.",
                 figs["attacks"], [summary, attacks_df]),

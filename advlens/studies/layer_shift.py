@@ -47,7 +47,8 @@ def plan(spec: StudySpec) -> list[Unit]:
                      "noise": matched_noise(x, res.x_adv, strength=s, seed=seed)}
             for cond, xc in conds.items():
                 maps = maps_in_batches(model, xc, spec.explainers, spec.layers, spec.batch_size, target)
-                rows.append(similarity_rows(clean, maps, names, spec.metrics, strength=s, condition=cond))
+                rows.append(similarity_rows(clean, maps, names, spec.metrics, attack=spec.attack["method"],
+                                            strength=s, condition=cond))
                 pred = model.predict(xc)
                 imgs.append(pd.DataFrame({
                     "image": names, "strength": s, "condition": cond, "label": y.cpu().numpy(),
@@ -83,13 +84,14 @@ def _examples(x, xc, clean, maps, names, cond, k) -> dict[str, torch.Tensor]:
     return out
 
 
-def compromise_table(results: pd.DataFrame, rule: str = "median", metric: str = "cosine") -> pd.DataFrame:
-    """Per image × explainer × strength × layer: D_a, the layer's noise threshold, compromised (seed 000).
+def compromise_table(results: pd.DataFrame, rule: str = "median", metric: str = "cosine",
+                     by: tuple[str, ...] = ("explainer", "strength")) -> pd.DataFrame:
+    """Per image × ``by`` × layer: D_a, the layer's noise threshold, compromised (seed 000).
 
-    The threshold of a layer is the ``rule`` (median or mean) of D_g over all images at that
-    strength; compromised = D_a < threshold.
+    The threshold of a layer is the ``rule`` (median or mean) of D_g over all images with the same
+    ``by`` values (explainer and strength); compromised = D_a < threshold.
     """
-    keys = ["explainer", "strength", "layer"]
+    keys = [*by, "layer"]
     noise = results[results.condition == "noise"]
     thr = noise.groupby(keys)[metric].agg(rule).rename("threshold").reset_index()
     adv = results[results.condition == "adversarial"].merge(thr, on=keys)
