@@ -12,7 +12,8 @@ Example:
 from advlens.metrics.aggregate import compromise_threshold, compromised, mod, vid
 from advlens.metrics.attack import attack_success_rate, misclassification_confidence, noise_rate, psnr
 from advlens.metrics.coverage import CoverageTracker, neuron_coverage, neuron_values
-from advlens.metrics.similarity import L1, NISSIM, SSIM, Cosine, cosine, iou, kendall_tau, l1, nissim, ssim
+from advlens.metrics.rank import kendall_tau
+from advlens.metrics.similarity import L1, NISSIM, SSIM, Cosine, cosine, iou, l1, nissim, ssim
 
 __all__ = [
     "cosine",
