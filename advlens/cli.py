@@ -112,7 +112,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="advlens", description=__doc__ and "Adversarial attacks seen through explanations.")
+    p = argparse.ArgumentParser(prog="advlens", description="Adversarial attacks on image classifiers, seen through their explanations.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -216,6 +216,7 @@ def layer_shift_plot(
     *,
     band: str | None = "iqr",
     ylabel: str | None = None,
+    xlabel: str | None = None,
 ) -> Path:
     """Plot the mean of a similarity per layer, one line per ``hue`` value, with a spread band.
 
@@ -234,6 +235,7 @@ def layer_shift_plot(
         band: spread shown around each mean: ``"iqr"`` (25th–75th percentile band), ``"std"``
             (± one standard deviation), ``"sem"`` (± standard error) or ``None``.
         ylabel: y-axis label (default: ``y``).
+        xlabel: x-axis label (default: ``"<x> (forward order)"``).
 
     Returns:
         The written path.
@@ -281,7 +283,7 @@ def layer_shift_plot(
     ax.set_xticks(range(len(order)))
     ax.set_xticklabels([str(v) for v in order], rotation=60, ha="right", fontsize=8)
     ax.set_xlim(-0.5, len(order) - 0.5)
-    ax.set_xlabel(f"{x} (forward order)")
+    ax.set_xlabel(xlabel or f"{x} (forward order)")
     ax.set_ylabel(ylabel or y)
     ax.grid(True, alpha=0.3)
     band_note = {"iqr": "band: interquartile range", "std": "band: ± 1 std", "sem": "band: ± 1 s.e.m.", None: ""}

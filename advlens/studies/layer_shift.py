@@ -144,7 +144,8 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
                                         iteration=lambda d: d.iteration.astype(str))
         f_cov = layer_shift_plot(figs / "coverage.png", cov.assign(curve="neuron coverage"), x="iteration",
                                  y="coverage", hue="curve", layer_order=sorted(cov.iteration.unique(), key=int),
-                                 title="DLFuzz: neuron coverage per iteration (mean over chunks)")
+                                 title="DLFuzz: neuron coverage per iteration (mean over chunks)",
+                                 xlabel="DLFuzz iteration")
         sections.insert(1, Section("Neuron coverage", "Fraction of neurons (channels of the explained layers) "
                                    "whose min–max scaled mean activation exceeds the threshold, over the "
                                    "images of a chunk, before and after each DLFuzz iteration.", [f_cov],

@@ -116,11 +116,11 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
     eps_order = [f"{e:g}" for e in sorted(res.eps.unique())]
     f_mod = layer_shift_plot(figs / "mod_vs_eps.png", per_image, x="eps", y="nissim", hue="curve",
                              layer_order=eps_order, title="MOD (mean NISSIM over layers) vs FGSM eps",
-                             ylabel="NISSIM (mean over layers)")
+                             ylabel="NISSIM (mean over layers)", xlabel="FGSM eps")
     acc_plot = acc[acc.source != "clean"].assign(curve=lambda d: d.model + " · " + d.source,
                                                  eps=lambda d: d.eps.map(lambda e: f"{e:g}"))
     f_acc = layer_shift_plot(figs / "accuracy_vs_eps.png", acc_plot, x="eps", y="accuracy", hue="curve",
-                             layer_order=eps_order, title="accuracy under FGSM", band=None)
+                             layer_order=eps_order, title="accuracy under FGSM", band=None, xlabel="FGSM eps")
     layer_figs = []
     for model_name, r in res[res.source == "white-box"].groupby("model", sort=False):
         order = list(dict.fromkeys(r.sort_values("layer_index").layer))
