@@ -39,7 +39,11 @@ def load_model(
     device: str | torch.device | None = None,
     **kwargs: Any,
 ) -> ClassifierModel:
-    """Build a registered model in eval mode.
+    """Build a registered model in eval mode, with frozen parameters.
+
+    Parameters have ``requires_grad=False``: attacks and explanations need gradients only with
+    respect to inputs and activations, so no weight gradients are ever computed. Call
+    ``model.requires_grad_(True)`` (and ``model.train()``) to fine-tune it.
 
     Args:
         name: a name from :func:`list_models`.
