@@ -69,15 +69,20 @@ def _cmd_attack(args: argparse.Namespace) -> None:
     from .data import save_images
 
     model, batch = _load(args)
-    params = {"eps": args.eps}
-    if args.method == "pgd":
-        params.update(steps=args.steps, alpha=args.alpha if args.alpha else args.eps / 4)
+    params = {  # what --eps/--steps/--alpha mean for each attack
+        "fgsm": {"eps": args.eps},
+        "ifgsm": {"max_eps": args.eps, "eps_step": min(1 / 255, args.eps)},
+        "pgd": {"eps": args.eps, "steps": args.steps, "alpha": args.alpha or args.eps / 4},
+        "dlfuzz": {"iterations": args.steps},
+    }.get(args.method, {})
     res = attack(model, batch.x, batch.y if args.use_labels else None, method=args.method, seed=args.seed, **params)
     rows = pd.DataFrame({
         "image": batch.names, "label": [model.labels[int(i)] for i in res.y],
         "adv_pred": [model.labels[int(i)] for i in res.pred], "success": res.success.cpu().numpy(),
         "confidence": res.confidence.cpu().numpy(), "psnr": metrics.psnr(batch.x, res.x_adv).cpu().numpy(),
     })
+    if "eps" in res.extras:  # ifgsm: the smallest eps that flipped each image
+        rows["min_eps"] = res.extras["eps"].cpu().numpy()
     with atomic_dir(args.out) as tmp:
         save_images(res.x_adv, [f"{n}_adv" for n in batch.names], tmp / "images")
         write_parquet(rows, tmp / "results.parquet")
@@ -151,9 +156,10 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("attack", help="attack a model and save the adversarial images")
     common(sp, "advlens-attack")
     data_args(sp)
-    sp.add_argument("--method", default="pgd", help="fgsm, ifgsm, pgd")
-    sp.add_argument("--eps", type=float, default=8 / 255, help="L-inf budget in [0,1] units (default 8/255)")
-    sp.add_argument("--steps", type=int, default=10, help="PGD iterations")
+    sp.add_argument("--method", default="pgd", help="fgsm, ifgsm, pgd, dlfuzz")
+    sp.add_argument("--eps", type=float, default=8 / 255,
+                    help="L-inf budget in [0,1] units (default 8/255); for ifgsm the largest eps tried")
+    sp.add_argument("--steps", type=int, default=10, help="PGD / DLFuzz iterations")
     sp.add_argument("--alpha", type=float, default=None, help="PGD step (default eps/4)")
     sp.add_argument("--use-labels", action="store_true", help="attack the data set's labels, not the predictions")
     sp.set_defaults(fn=_cmd_attack)

@@ -86,3 +86,13 @@ def test_console_script_exit_code(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "advlens.cli", "explain", "--model", "nope", "--out",
                            str(tmp_path / "o")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "unknown model 'nope'" in proc.stderr
+
+
+def test_ifgsm_from_the_cli_reports_the_minimal_eps(capsys, tmp_path, digits_model):
+    out = tmp_path / "ifgsm"
+    code, _, err = run(capsys, "attack", "--model", "small_vgg_digits", "--images", "digits", "--limit", "4",
+                       "--method", "ifgsm", "--eps", "0.3", "--out", str(out), "--quiet")
+    assert code == 0, err
+    df = pd.read_parquet(out / "results.parquet")
+    flipped = df[df.success]
+    assert len(flipped) > 0 and (flipped.min_eps > 0).all() and (flipped.min_eps <= 0.3 + 1e-6).all()
