@@ -160,3 +160,17 @@ def test_bad_images_fail_clearly(vgg16, x, message):
 def test_plain_module_is_rejected_with_a_hint(x64):
     with pytest.raises(al.AdvlensError, match="al.wrap"):
         al.explain(nn.Conv2d(3, 3, 1), x64)
+
+
+def test_explain_many_returns_the_logits_of_its_own_forward(digits_model, digits_test):
+    x = digits_test.x[:4]
+    with torch.no_grad():
+        expected = digits_model(x)
+    forwards = []
+    h = digits_model.net.register_forward_pre_hook(lambda m, i: forwards.append(1))
+    try:
+        maps, logits = al.explain_many(digits_model, x, ["gradcam", "saliency"], return_logits=True)
+    finally:
+        h.remove()
+    assert len(forwards) == 1 and torch.allclose(logits, expected, atol=1e-5)
+    assert set(maps) == {"gradcam", "saliency"}

@@ -97,18 +97,20 @@ def explain_many(
     normalize: bool = True,
     seed: int = 0,
     eps: float = 0.0,
+    return_logits: bool = False,
     **smoothgrad_kw: object,
-) -> dict[str, dict[str, torch.Tensor]]:
+) -> dict[str, dict[str, torch.Tensor]] | tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]:
     """Maps of several methods at all requested layers, sharing ONE forward and ONE backward.
 
     ``gradcam``, ``gradcam++``, ``layercam``, ``noisecam``, ``cam`` and ``saliency`` all come
     from the same pass; ``smoothgrad`` needs its own pass over noisy copies.
 
-    Args: as :func:`explain`, with ``methods`` a list of names.
+    Args: as :func:`explain`, with ``methods`` a list of names; ``return_logits`` also returns the
+        logits ``[N,C]`` of that same forward (no extra pass to get the predictions).
 
     Returns:
         ``{method: {layer: Tensor[N,H,W]}}`` at the input size; input-pixel methods use the key
-        ``"input"``.
+        ``"input"``. With ``return_logits``: ``(maps, logits)``.
     """
     model = check_model(model)
     check_images(x)
@@ -126,14 +128,22 @@ def explain_many(
     needed = list(dict.fromkeys(n for m in methods for n in per_method[m]))
     want_input = "saliency" in methods
     out: dict[str, dict[str, torch.Tensor]] = {}
+    logits = None
     if needed or want_input:
         p = forward_backward(model, x, needed, target, create_graph=create_graph, input_grad=want_input)
         out = maps_from_pass(model, p, per_method, normalize, eps)
         target = p.target if target is None else target
+        logits = p.logits
     if "smoothgrad" in methods:
         sg = smoothgrad(model, x, target, seed=seed, create_graph=create_graph, **smoothgrad_kw)
         out["smoothgrad"] = {"input": _finish(sg, tuple(x.shape[-2:]), normalize)}
-    return {m: out[m] for m in methods}
+    maps = {m: out[m] for m in methods}
+    if not return_logits:
+        return maps
+    if logits is None:  # smoothgrad only: its passes saw noisy copies, not x
+        with torch.no_grad():
+            logits = model(x)
+    return maps, logits
 
 
 def explain(

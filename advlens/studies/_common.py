@@ -39,14 +39,16 @@ def chunks(n: int, size: int) -> list[slice]:
 
 
 def maps_in_batches(model: ClassifierModel, x: torch.Tensor, methods: Sequence[str], layers, batch_size: int,
-                    target: torch.Tensor | None = None):
-    """``explain_many`` over batches of ``x``; returns ``{method: {layer: [N,H,W]}}`` on the device.
+                    target: torch.Tensor | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]:
+    """``explain_many`` over batches of ``x``: ``({method: {layer: [N,H,W]}}, predictions [N])``.
 
-    ``target`` ``[N]``: the classes to explain (None = each input's predicted class).
+    The predictions come from the same forward as the maps. ``target`` ``[N]``: the classes to
+    explain (None = each input's predicted class).
     """
-    parts = [explain_many(model, x[s], methods, layers=layers, target=None if target is None else target[s])
-             for s in chunks(len(x), batch_size)]
-    return {m: {n: torch.cat([p[m][n] for p in parts]) for n in parts[0][m]} for m in parts[0]}
+    parts = [explain_many(model, x[s], methods, layers=layers, target=None if target is None else target[s],
+                          return_logits=True) for s in chunks(len(x), batch_size)]
+    maps = {m: {n: torch.cat([p[0][m][n] for p in parts]) for n in parts[0][0][m]} for m in parts[0][0]}
+    return maps, torch.cat([p[1].argmax(1) for p in parts])
 
 
 def similarity_rows(

@@ -71,27 +71,27 @@ def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True) -> Path:
     y = model.predict(x)  # attack each image's clean prediction
     bar.update()
     images = {"clean": x}
-    attack_rows = []
+    results_by_attack = {}
     for name, params in cfg.attacks.items():
         bar.set_postfix_str(f"attack {name}")
-        res = attack(model, x, y, method=name, seed=cfg.seed, **params)
-        images[f"{name}"] = res.x_adv
+        res = results_by_attack[name] = attack(model, x, y, method=name, seed=cfg.seed, **params)
+        images[name] = res.x_adv
         images[f"{name} noise"] = matched_noise(x, res.x_adv, cfg.noise_strength, seed=cfg.seed)
-        with torch.no_grad():
-            noise_pred = model(images[f"{name} noise"]).argmax(1)
-        for i in range(len(x)):
-            attack_rows.append({
-                "image": batch.names[i], "attack": name, "clean_pred": model.labels[int(y[i])],
-                "adv_pred": model.labels[int(res.pred[i])], "success": bool(res.success[i]),
-                "adv_confidence": float(res.confidence[i]), "noise_flips": bool(noise_pred[i] != y[i]),
-                "linf": float((res.x_adv[i] - x[i]).abs().max()),
-                "psnr": float(metrics.psnr(x[i : i + 1], res.x_adv[i : i + 1])[0]),
-                "time_s": res.time_s / len(x),
-            })
         bar.update()
 
     bar.set_postfix_str("explain")
-    maps = {cond: maps_in_batches(model, imgs, cfg.methods, "all", cfg.batch_size) for cond, imgs in images.items()}
+    maps, preds = {}, {}
+    for cond, imgs in images.items():  # the predictions come from the same forward as the maps
+        maps[cond], preds[cond] = maps_in_batches(model, imgs, cfg.methods, "all", cfg.batch_size)
+    labels = pd.Series(model.labels)
+    attacks_df = pd.concat([pd.DataFrame({
+        "image": batch.names, "attack": name, "clean_pred": labels[y.cpu().numpy()].to_numpy(),
+        "adv_pred": labels[res.pred.cpu().numpy()].to_numpy(), "success": res.success.cpu().numpy(),
+        "adv_confidence": res.confidence.cpu().numpy(),
+        "noise_flips": (preds[f"{name} noise"] != y).cpu().numpy(),
+        "linf": (res.x_adv - x).abs().amax((1, 2, 3)).cpu().numpy(),
+        "psnr": metrics.psnr(x, res.x_adv).cpu().numpy(), "time_s": res.time_s / len(x),
+    }) for name, res in results_by_attack.items()], ignore_index=True)
     bar.update()
 
     bar.set_postfix_str("metrics")
@@ -99,7 +99,6 @@ def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True) -> Path:
         similarity_rows(maps["clean"], maps[cond], batch.names, ("cosine", "nissim"), attack=a, condition=kind)
         for a in cfg.attacks for kind, cond in (("adversarial", a), ("noise", f"{a} noise"))
     ], ignore_index=True)
-    attacks_df = pd.DataFrame(attack_rows)
     compromised = _compromised(results)
     bar.update()
 

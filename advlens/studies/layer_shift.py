@@ -37,19 +37,17 @@ def plan(spec: StudySpec) -> list[Unit]:
     def run(i: int, sl: slice) -> dict[str, Any]:
         x, names = batch.x[sl].to(model.device), batch.names[sl]
         seed = spec.seed + i
-        y = model.predict(x)
+        clean, y = maps_in_batches(model, x, spec.explainers, spec.layers, spec.batch_size)  # explains y
         res = attack(model, x, y, method=spec.attack["method"], seed=seed, **params)
         target = y if spec.explain_target == "clean" else None
-        clean = maps_in_batches(model, x, spec.explainers, spec.layers, spec.batch_size, target)
         rows, imgs, examples = [], [], {}
         for s in spec.strengths:
             conds = {"adversarial": (x + s * (res.x_adv - x)).clamp(0, 1),
                      "noise": matched_noise(x, res.x_adv, strength=s, seed=seed)}
             for cond, xc in conds.items():
-                maps = maps_in_batches(model, xc, spec.explainers, spec.layers, spec.batch_size, target)
+                maps, pred = maps_in_batches(model, xc, spec.explainers, spec.layers, spec.batch_size, target)
                 rows.append(similarity_rows(clean, maps, names, spec.metrics, attack=spec.attack["method"],
                                             strength=s, condition=cond))
-                pred = model.predict(xc)
                 imgs.append(pd.DataFrame({
                     "image": names, "strength": s, "condition": cond, "label": y.cpu().numpy(),
                     "pred": pred.cpu().numpy(), "flipped": (pred != y).cpu().numpy(),

@@ -55,7 +55,7 @@ def plan(spec: StudySpec) -> list[Unit]:
 
 def _run(spec, model, surrogate, batch, sl, i, entry, metric_names) -> dict[str, Any]:
     x, names = batch.x[sl].to(model.device), batch.names[sl]
-    pred0 = model.predict(x)
+    clean, pred0 = maps_in_batches(model, x, spec.explainers, spec.layers, spec.batch_size)
     y = pred0.clone()
     if batch.y is not None:  # true labels where the data set has them (seed 003 measures accuracy)
         known = batch.y[sl].to(x.device) >= 0
@@ -64,7 +64,6 @@ def _run(spec, model, surrogate, batch, sl, i, entry, metric_names) -> dict[str,
     if surrogate is not None:
         direction[f"transfer from {surrogate.name} seed {entry['surrogate'].get('seed', 0)}"] = \
             objective_grad(surrogate, x, y)[0].sign()
-    clean = maps_in_batches(model, x, spec.explainers, spec.layers, spec.batch_size)
     base = {"model": model.name, "data": entry["data"]}
     rows, imgs, examples = [], [], {}
     imgs.append(pd.DataFrame({**base, "image": names, "source": "clean", "eps": 0.0, "label": y.cpu().numpy(),
@@ -72,9 +71,8 @@ def _run(spec, model, surrogate, batch, sl, i, entry, metric_names) -> dict[str,
     for source, d in direction.items():
         for eps in spec.strengths:
             xe = (x + eps * d).clamp(0, 1)
-            maps = maps_in_batches(model, xe, spec.explainers, spec.layers, spec.batch_size)
+            maps, pred = maps_in_batches(model, xe, spec.explainers, spec.layers, spec.batch_size)
             rows.append(similarity_rows(clean, maps, names, metric_names, **base, source=source, eps=eps))
-            pred = model.predict(xe)
             imgs.append(pd.DataFrame({**base, "image": names, "source": source, "eps": eps, "label": y.cpu().numpy(),
                                       "pred": pred.cpu().numpy(), "correct": (pred == y).cpu().numpy(),
                                       "psnr": M.psnr(x, xe).cpu().numpy()}))
