@@ -27,7 +27,7 @@ from ..explain.engine import check_model, forward_backward
 from ..models.wrapper import ClassifierModel
 
 __all__ = [
-    "AttackResult", "attack", "list_attacks", "register_attack", "objective_grad", "project_linf", "finish",
+    "AttackResult", "attack", "list_attacks", "register_attack", "forward_penalty", "objective_grad", "project_linf", "finish",
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, "dict[str, dict[str, torch.Tensor]] | None"], torch.Tensor]
@@ -82,22 +82,23 @@ def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tens
     return torch.clamp(x + torch.clamp(x_adv - x, -eps, eps), 0.0, 1.0)
 
 
-def objective_grad(
+def forward_penalty(
     model: ClassifierModel,
-    x_adv: torch.Tensor,
-    y: torch.Tensor,
-    target: torch.Tensor | None = None,
+    xa: torch.Tensor,
     loss_fn: LossFn | None = None,
     explainer: dict[str, Any] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of the attack objective (see module docstring) w.r.t. ``x_adv``, and the logits.
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One differentiable forward of ``xa``: the logits ``[N,C]`` and the extra term ``[N]``.
+
+    This is the piece every attack shares (PGD, C&W, StAdv): ``xa`` may be any differentiable
+    function of the attack's variables; the penalty is ``loss_fn(xa, logits, maps)`` reduced to
+    one value per image (None without ``loss_fn``).
 
     Args:
         explainer: ``{"method": str, "layers": str | list, "target": None | int | Tensor}``;
             when given, ``loss_fn`` receives ``{method: {layer: map}}`` computed differentiably
             from the same forward pass.
     """
-    xa = x_adv.detach().requires_grad_(True)
     maps = None
     with torch.enable_grad():
         if explainer is not None:
@@ -111,12 +112,34 @@ def objective_grad(
             maps = maps_from_pass(model, p, {method: names})
         else:
             logits = model(xa)
+        if loss_fn is None:
+            return logits, None
+        pen = loss_fn(xa, logits, maps)
+        pen = pen.reshape(len(xa), -1).sum(1) if pen.ndim else pen.expand(len(xa)) / len(xa)
+    return logits, pen
+
+
+def objective_grad(
+    model: ClassifierModel,
+    x_adv: torch.Tensor,
+    y: torch.Tensor,
+    target: torch.Tensor | None = None,
+    loss_fn: LossFn | None = None,
+    explainer: dict[str, Any] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gradient of the attack objective (see module docstring) w.r.t. ``x_adv``, and the logits.
+
+    ``loss_fn`` and ``explainer`` as in :func:`forward_penalty`.
+    """
+    xa = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits, pen = forward_penalty(model, xa, loss_fn, explainer)
         if target is None:
             obj = F.cross_entropy(logits, y, reduction="sum")
         else:
             obj = -F.cross_entropy(logits, target, reduction="sum")
-        if loss_fn is not None:
-            obj = obj - loss_fn(xa, logits, maps).sum()
+        if pen is not None:
+            obj = obj - pen.sum()
         (grad,) = torch.autograd.grad(obj, xa)
     return grad, logits.detach()
 

@@ -16,7 +16,7 @@ __all__ = ["pgd"]
 def pgd(
     model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None, seed: int = 0,
     eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, random_start: bool = True,
-    loss_fn=None, explainer=None, step_weight: torch.Tensor | None = None,
+    loss_fn=None, explainer=None, weight: torch.Tensor | None = None,
 ) -> AttackResult:
     """L∞ PGD: ``x ← Π_{B(x0,eps) ∩ [0,1]}(x + alpha · w ⊙ sign(∇x J))`` for ``steps`` iterations.
 
@@ -26,8 +26,8 @@ def pgd(
 
     Args:
         eps: L∞ radius in [0,1] units. alpha: step size. steps: iterations.
-        step_weight: optional ``[N,1|3,H,W]`` per-pixel weight ``w`` of the step (AdvEdge,
-            seed 004); default 1.
+        weight: optional ``[N,1|3,H,W]`` per-pixel weight ``N_w`` of the step (AdvEdge,
+            seed 004 eq. 8); default 1.
 
     Shape: ``x`` ``[N,3,H,W]`` in [0,1] → ``x_adv`` same shape, ``‖x_adv − x‖∞ ≤ eps``.
     """
@@ -43,7 +43,7 @@ def pgd(
         x_adv = torch.clamp(x + eps * noise, 0.0, 1.0)
     for _ in range(steps):
         grad, _ = objective_grad(model, x_adv, y, target, loss_fn, explainer)
-        step = grad.sign() if step_weight is None else step_weight * grad.sign()
+        step = grad.sign() if weight is None else weight * grad.sign()
         x_adv = project_linf(x_adv + alpha * step, x, eps)
     params = {"method": "pgd", "eps": eps, "alpha": alpha, "steps": steps, "random_start": random_start}
     return finish(model, x_adv, y, target, start, params)
