@@ -174,3 +174,25 @@ def test_explain_many_returns_the_logits_of_its_own_forward(digits_model, digits
         h.remove()
     assert len(forwards) == 1 and torch.allclose(logits, expected, atol=1e-5)
     assert set(maps) == {"gradcam", "saliency"}
+
+
+def test_grad_is_saliency_with_a_nonzero_hessian(digits_model, digits_test):
+    """Seed 004 Sec. IV-C: the ReLU net's saliency has a zero Hessian, so attacks on it cannot move
+    the map; the smoothed-ReLU Grad keeps (almost) the same map but is twice differentiable."""
+    x = digits_test.x[:4]
+    sal = al.explain(digits_model, x, "saliency")["input"]
+    grad = al.explain(digits_model, x, "grad")["input"]
+    assert al.metrics.cosine(sal, grad).min() > 0.99
+    hess = {}
+    for m in ("saliency", "grad"):
+        xr = x.clone().requires_grad_(True)
+        raw = al.explain(digits_model, xr, m, create_graph=True, normalize=False)["input"]
+        (hess[m],) = torch.autograd.grad(raw.pow(2).sum(), xr, allow_unused=False)
+    assert hess["saliency"].abs().max() < 1e-6  # piecewise-linear network: no second-order signal
+    assert hess["grad"].abs().max() > 1e-3 and torch.isfinite(hess["grad"]).all()
+    # forward values and the model are untouched by the smoothing
+    assert "forward" not in vars(digits_model.layers["block1_conv1"])
+    with pytest.raises(al.AdvlensError, match="tau"):
+        al.explain(digits_model, x, "grad", tau=0.0)
+    with pytest.raises(al.AdvlensError, match="unknown explanation option"):
+        al.explain(digits_model, x, "grad", n_samples=3)

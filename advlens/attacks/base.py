@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from contextlib import nullcontext
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +23,8 @@ import torch
 from torch.nn import functional as F
 
 from .._checks import AdvlensError, check_images, unknown_name
-from ..explain.api import layers_for, maps_from_pass
+from ..explain.api import LAYER_METHODS, layers_for, maps_from_pass
+from ..explain.gradient import smooth_relu
 from ..explain.engine import check_model, forward_backward
 from ..models.wrapper import ClassifierModel
 
@@ -95,19 +97,25 @@ def forward_penalty(
     one value per image (None without ``loss_fn``).
 
     Args:
-        explainer: ``{"method": str, "layers": str | list, "target": None | int | Tensor}``;
-            when given, ``loss_fn`` receives ``{method: {layer: map}}`` computed differentiably
-            from the same forward pass.
+        explainer: ``{"method": str, "layers": str | list, "target": None | int | Tensor}``
+            (``"tau"`` too for ``grad``); when given, ``loss_fn`` receives ``{method: {layer: map}}``
+            computed differentiably from the same forward pass. Methods: the layer methods,
+            ``cam``, ``saliency`` and ``grad`` (seed 004's smoothed-ReLU Grad).
     """
     maps = None
     with torch.enable_grad():
         if explainer is not None:
             method = explainer.get("method", "gradcam")
+            if method not in (*LAYER_METHODS, "cam", "saliency", "grad"):
+                raise AdvlensError(f"explainer method {method!r} cannot share the attack's forward; "
+                                   "compute it inside loss_fn instead")
             names = layers_for(model, method, explainer.get("layers", "all"))
-            p = forward_backward(
-                model, xa, names, explainer.get("target"), create_graph=True,
-                input_grad=method == "saliency", check=False,
-            )
+            smooth = smooth_relu(model, explainer.get("tau", 1e-4)) if method == "grad" else nullcontext()
+            with smooth:
+                p = forward_backward(
+                    model, xa, names, explainer.get("target"), create_graph=True,
+                    input_grad=method in ("saliency", "grad"), check=False,
+                )
             logits = p.logits
             maps = maps_from_pass(model, p, {method: names})
         else:

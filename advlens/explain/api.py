@@ -1,6 +1,7 @@
 """``explain``: maps of one or several methods at every requested layer from one pass."""
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 
 import torch
@@ -10,9 +11,12 @@ from .._checks import AdvlensError, check_images, unknown_name
 from ..models.wrapper import ClassifierModel
 from . import cam as _cam
 from .engine import Pass, check_model, forward_backward
-from .gradient import saliency_from_grad, smoothgrad
+from .gradient import grad_map, saliency_from_grad, smoothgrad
 
-__all__ = ["explain", "explain_many", "layers_for", "list_methods", "maps_from_pass", "normalize_maps", "LAYER_METHODS"]
+__all__ = [
+    "explain", "explain_many", "layers_for", "list_methods", "maps_from_pass", "method_options", "normalize_maps",
+    "LAYER_METHODS", "OWN_PASS_METHODS",
+]
 
 #: Methods computed from (activation, gradient) pairs of a layer.
 LAYER_METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
@@ -22,12 +26,32 @@ LAYER_METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] =
     "noisecam": _cam.noisecam,
 }
 _HEAD_METHODS = ("cam",)  # needs the classifier weights at model.cam_layer
-_INPUT_METHODS = ("saliency", "smoothgrad")  # maps over input pixels, key "input"
+
+#: Input-pixel methods that need a pass of their own: ``fn(model, x, target, create_graph, **options)``
+#: → raw map ``[N,H,W]``; their keyword options are taken from the function's signature.
+OWN_PASS_METHODS: dict[str, Callable[..., torch.Tensor]] = {"smoothgrad": smoothgrad, "grad": grad_map}
+_INPUT_METHODS = ("saliency", *OWN_PASS_METHODS)  # maps over input pixels, key "input"
+_NOT_OPTIONS = {"model", "x", "target", "create_graph", "seed"}
 
 
 def list_methods() -> list[str]:
     """Names accepted by :func:`explain`."""
     return [*LAYER_METHODS, *_HEAD_METHODS, *_INPUT_METHODS]
+
+
+def method_options(method: str) -> set[str]:
+    """Keyword options a method with its own pass accepts (empty for one-pass methods)."""
+    fn = OWN_PASS_METHODS.get(method)
+    return set(inspect.signature(fn).parameters) - _NOT_OPTIONS if fn else set()
+
+
+def _own_pass(method: str, model: ClassifierModel, x: torch.Tensor, target, create_graph: bool,
+              seed: int, options: dict[str, object]) -> torch.Tensor:
+    fn = OWN_PASS_METHODS[method]
+    kw = {k: v for k, v in options.items() if k in method_options(method)}
+    if "seed" in inspect.signature(fn).parameters:
+        kw["seed"] = seed
+    return fn(model, x, target, create_graph=create_graph, **kw)
 
 
 def normalize_maps(m: torch.Tensor) -> torch.Tensor:
@@ -82,7 +106,7 @@ def maps_from_pass(
             elif m == "cam":
                 w = model.classifier.weight[p.target]
                 out[m] = {n: _finish(_cam.cam(p.acts[n], w), size, normalize) for n in names}
-            elif m == "saliency":
+            elif m in ("saliency", "grad"):  # "grad": the pass ran under smooth_relu
                 out[m] = {"input": _finish(saliency_from_grad(p.input_grad), size, normalize)}
     return out
 
@@ -98,15 +122,17 @@ def explain_many(
     seed: int = 0,
     eps: float = 0.0,
     return_logits: bool = False,
-    **smoothgrad_kw: object,
+    **options: object,
 ) -> dict[str, dict[str, torch.Tensor]] | tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]:
     """Maps of several methods at all requested layers, sharing ONE forward and ONE backward.
 
     ``gradcam``, ``gradcam++``, ``layercam``, ``noisecam``, ``cam`` and ``saliency`` all come
-    from the same pass; ``smoothgrad`` needs its own pass over noisy copies.
+    from the same pass; the methods of :data:`OWN_PASS_METHODS` (``smoothgrad``, ``grad``, …)
+    need a pass of their own.
 
     Args: as :func:`explain`, with ``methods`` a list of names; ``return_logits`` also returns the
-        logits ``[N,C]`` of that same forward (no extra pass to get the predictions).
+        logits ``[N,C]`` of that same forward (no extra pass to get the predictions);
+        ``**options`` go to the own-pass methods that accept them (see :func:`method_options`).
 
     Returns:
         ``{method: {layer: Tensor[N,H,W]}}`` at the input size; input-pixel methods use the key
@@ -118,14 +144,14 @@ def explain_many(
     for m in methods:
         if m not in list_methods():
             raise unknown_name("explanation method", m, list_methods())
-    unknown = sorted(set(smoothgrad_kw) - {"n_samples", "noise_level", "batch_size"})
-    if unknown or (smoothgrad_kw and "smoothgrad" not in methods):
-        raise AdvlensError(
-            f"unknown explanation option(s) {unknown or sorted(smoothgrad_kw)} for {methods} "
-            "(n_samples, noise_level, batch_size apply to smoothgrad only)"
-        )
-    per_method = {m: layers_for(model, m, layers) for m in methods}
-    needed = list(dict.fromkeys(n for m in methods for n in per_method[m]))
+    accepted = set().union(*(method_options(m) for m in methods))
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        known = {m: sorted(method_options(m)) for m in OWN_PASS_METHODS}
+        raise AdvlensError(f"unknown explanation option(s) {unknown} for {methods} (options per method: {known})")
+    own = [m for m in methods if m in OWN_PASS_METHODS]
+    per_method = {m: layers_for(model, m, layers) for m in methods if m not in OWN_PASS_METHODS}
+    needed = list(dict.fromkeys(n for names in per_method.values() for n in names))
     want_input = "saliency" in methods
     out: dict[str, dict[str, torch.Tensor]] = {}
     logits = None
@@ -134,13 +160,17 @@ def explain_many(
         out = maps_from_pass(model, p, per_method, normalize, eps)
         target = p.target if target is None else target
         logits = p.logits
-    if "smoothgrad" in methods:
-        sg = smoothgrad(model, x, target, seed=seed, create_graph=create_graph, **smoothgrad_kw)
-        out["smoothgrad"] = {"input": _finish(sg, tuple(x.shape[-2:]), normalize)}
+    if own and target is None:
+        with torch.no_grad():
+            logits = model(x)
+        target = logits.argmax(1)
+    for m in own:
+        raw = _own_pass(m, model, x, target, create_graph, seed, options)
+        out[m] = {"input": _finish(raw, tuple(x.shape[-2:]), normalize)}
     maps = {m: out[m] for m in methods}
     if not return_logits:
         return maps
-    if logits is None:  # smoothgrad only: its passes saw noisy copies, not x
+    if logits is None:
         with torch.no_grad():
             logits = model(x)
     return maps, logits
@@ -165,7 +195,7 @@ def explain(
         model: a :class:`~advlens.models.ClassifierModel`.
         x: images ``[N,3,H,W]`` in [0,1] on the model's device.
         method: one of :func:`list_methods` — ``gradcam``, ``gradcam++``, ``layercam``,
-            ``noisecam`` (seed 002), ``cam``, ``saliency``, ``smoothgrad``.
+            ``noisecam`` (seed 002), ``cam``, ``saliency``, ``smoothgrad``, ``grad`` (seed 004).
         layers: ``"all"`` (``model.layers`` in forward order), a name, or a list of names.
         target: None = each image's predicted class, an int, or a tensor ``[N]``.
         create_graph: keep the graph so the maps are differentiable with respect to ``x``
@@ -176,7 +206,8 @@ def explain(
         eps: added to the Grad-CAM++/NoiseCAM alpha denominator (0 = the paper; 1e-6 reproduces
             pytorch-grad-cam).
         batch_size: split ``x`` into chunks of this size (maps are concatenated).
-        **method_kw: ``n_samples``, ``noise_level`` for ``smoothgrad``.
+        **method_kw: options of the own-pass methods, e.g. ``n_samples``, ``noise_level`` for
+            ``smoothgrad``, ``tau`` for ``grad`` (see :func:`method_options`).
 
     Returns:
         ``{layer: Tensor[N,H,W]}`` on ``x``'s device (``{"input": …}`` for input-pixel methods).
