@@ -12,6 +12,9 @@ from ..models.wrapper import ClassifierModel
 from . import cam as _cam
 from .engine import Pass, check_model, forward_backward
 from .gradient import grad_map, saliency_from_grad, smoothgrad
+from .lrp import lrp
+from .mask import mask
+from .rts import rts
 
 __all__ = [
     "explain", "explain_many", "layers_for", "list_methods", "maps_from_pass", "method_options", "normalize_maps",
@@ -29,7 +32,11 @@ _HEAD_METHODS = ("cam",)  # needs the classifier weights at model.cam_layer
 
 #: Input-pixel methods that need a pass of their own: ``fn(model, x, target, create_graph, **options)``
 #: → raw map ``[N,H,W]``; their keyword options are taken from the function's signature.
-OWN_PASS_METHODS: dict[str, Callable[..., torch.Tensor]] = {"smoothgrad": smoothgrad, "grad": grad_map}
+OWN_PASS_METHODS: dict[str, Callable[..., torch.Tensor]] = {
+    "smoothgrad": smoothgrad, "grad": grad_map, "lrp": lrp, "mask": mask, "rts": rts,
+}
+#: own-pass methods whose map is not a differentiable function of ``x``
+_NOT_DIFFERENTIABLE = {"mask": "MASK is an optimisation; attack it with the bi-level step (adv2 interpreter='mask')"}
 _INPUT_METHODS = ("saliency", *OWN_PASS_METHODS)  # maps over input pixels, key "input"
 _NOT_OPTIONS = {"model", "x", "target", "create_graph", "seed"}
 
@@ -48,10 +55,15 @@ def method_options(method: str) -> set[str]:
 def _own_pass(method: str, model: ClassifierModel, x: torch.Tensor, target, create_graph: bool,
               seed: int, options: dict[str, object]) -> torch.Tensor:
     fn = OWN_PASS_METHODS[method]
+    params = inspect.signature(fn).parameters
     kw = {k: v for k, v in options.items() if k in method_options(method)}
-    if "seed" in inspect.signature(fn).parameters:
+    if "seed" in params:
         kw["seed"] = seed
-    return fn(model, x, target, create_graph=create_graph, **kw)
+    if create_graph and method in _NOT_DIFFERENTIABLE:
+        raise AdvlensError(f"create_graph=True: {_NOT_DIFFERENTIABLE[method]}")
+    if "create_graph" in params:
+        kw["create_graph"] = create_graph
+    return fn(model, x, target, **kw)
 
 
 def normalize_maps(m: torch.Tensor) -> torch.Tensor:
@@ -195,7 +207,8 @@ def explain(
         model: a :class:`~advlens.models.ClassifierModel`.
         x: images ``[N,3,H,W]`` in [0,1] on the model's device.
         method: one of :func:`list_methods` — ``gradcam``, ``gradcam++``, ``layercam``,
-            ``noisecam`` (seed 002), ``cam``, ``saliency``, ``smoothgrad``, ``grad`` (seed 004).
+            ``noisecam`` (seed 002), ``cam``, ``saliency``, ``smoothgrad``, ``grad`` (seed 004),
+            ``lrp`` (seed 001, zennit), ``mask`` and ``rts`` (seed 004).
         layers: ``"all"`` (``model.layers`` in forward order), a name, or a list of names.
         target: None = each image's predicted class, an int, or a tensor ``[N]``.
         create_graph: keep the graph so the maps are differentiable with respect to ``x``
@@ -207,7 +220,8 @@ def explain(
             pytorch-grad-cam).
         batch_size: split ``x`` into chunks of this size (maps are concatenated).
         **method_kw: options of the own-pass methods, e.g. ``n_samples``, ``noise_level`` for
-            ``smoothgrad``, ``tau`` for ``grad`` (see :func:`method_options`).
+            ``smoothgrad``, ``tau`` for ``grad``, ``epsilon``/``composite`` for ``lrp``,
+            ``steps``/``lr`` for ``mask``, ``data`` for ``rts`` (see :func:`method_options`).
 
     Returns:
         ``{layer: Tensor[N,H,W]}`` on ``x``'s device (``{"input": …}`` for input-pixel methods).

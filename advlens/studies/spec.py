@@ -2,7 +2,7 @@
 
 A spec is declarative: model(s), data, attack and its parameters, strengths, explainers, layers,
 metrics, seed, device, batch size. ``study`` names the pipeline (``layer_shift`` for seed 000,
-``mod_vid`` for seed 003).
+``mod_vid`` for seed 003, ``interpreter_attack`` for seed 004, ``signatures`` for seed 001).
 
 Example TOML::
 
@@ -27,7 +27,7 @@ from .._checks import AdvlensError, unknown_name
 
 __all__ = ["StudySpec", "load_spec", "PRESETS", "STUDIES"]
 
-STUDIES = ("layer_shift", "mod_vid")
+STUDIES = ("layer_shift", "mod_vid", "interpreter_attack", "signatures")
 
 
 @dataclass
@@ -35,13 +35,17 @@ class StudySpec:
     """Everything a study run depends on (see the module docstring).
 
     Attributes:
-        study: ``layer_shift`` (seed 000) or ``mod_vid`` (seed 003).
+        study: ``layer_shift`` (seed 000), ``mod_vid`` (seed 003), ``interpreter_attack`` (seed 004)
+            or ``signatures`` (seed 001).
         model, weights, data: the model under study and its images (``layer_shift``).
         models: for ``mod_vid``: a list of ``{model, data, weights?, seed?, surrogate?}`` entries,
             one per architecture; ``surrogate`` is another such entry for black-box transfer.
-        attack: ``{"method": name, **params}``.
+        attack: ``{"method": name, **params}``; ``interpreter_attack`` also reads ``bases``
+            (``pgd``/``cw``/``stadv``), ``variants`` (``adv2``/``advedge``/``advedge+``) and ``targeted``;
+            ``signatures`` reads sub-tables ``ifgsm``, ``onepixel`` and ``lrp`` of parameters.
         strengths: perturbation scales (``layer_shift``) or FGSM eps values (``mod_vid``).
-        explainers, layers, metrics: what to compute per layer.
+        explainers, layers, metrics: what to compute per layer (for ``interpreter_attack``:
+            the interpreters attacked and evaluated, e.g. ``grad``, ``cam``, ``mask``, ``rts``).
         noise_rule: seed 000 threshold rule, ``median`` (paper) or ``mean`` (authors' code).
         explain_target: class each map explains: ``predicted`` (the input's own prediction, seed 000
             and 003) or ``clean`` (the clean image's prediction on every input: separates the
@@ -106,6 +110,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         "attack": {"method": "fgsm"}, "strengths": [0.01, 0.05, 0.075, 0.1],
         "explainers": ["gradcam"], "metrics": ["nissim"],
     },
+    # Seed 004 (Abdukhamidov et al.): ADV², AdvEdge, AdvEdge⁺ over PGD against Grad, CAM, MASK and RTS,
+    # eps 0.031, alpha 1/255, 300 iterations, random target classes; C&W and StAdv via "bases".
+    "seed004": {
+        "study": "interpreter_attack",
+        "models": [{"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500}],
+        "attack": {"method": "advedge", "bases": ["pgd"], "variants": ["adv2", "advedge", "advedge+"],
+                   "targeted": True, "eps": 0.031, "alpha": 1 / 255, "steps": 300, "mask_steps": 100},
+        "explainers": ["grad", "cam", "mask", "rts"], "limit": 32,
+    },
+    # Seed 001 (Klawikowska et al.): iterative FGSM and one-pixel on trained models, LRP (preset A flat) of
+    # clean vs attacked images, accuracy per test set (Table 1 'Clear'), UMAP of LRP signatures (Figs. 4-6).
+    "seed001": {
+        "study": "signatures",
+        "models": [{"model": "small_vgg_digits", "data": "digits", "split": "test"},
+                   {"model": "small_vgg_lfw", "data": "lfw", "split": "test"}],
+        "attack": {"method": "ifgsm+onepixel", "ifgsm": {"eps_step": 1 / 255, "max_eps": 32 / 255},
+                   "onepixel": {"pixels": 1, "popsize": 400, "iterations": 100}},
+        "batch_size": 64,
+    },
 }
 
 
@@ -151,11 +174,11 @@ def _validate(spec: StudySpec) -> None:
         raise AdvlensError(f"explain_target must be 'predicted' or 'clean', got {spec.explain_target!r}")
     if spec.limit is not None and spec.limit < 1:
         raise AdvlensError(f"limit must be at least 1, got {spec.limit}")
+    if spec.study == "mod_vid" and not spec.models:
+        raise AdvlensError("a mod_vid study needs a 'models' list of {model, data} entries")
     if spec.batch_size < 1:
         raise AdvlensError(f"batch_size must be at least 1, got {spec.batch_size}")
-    if spec.study == "mod_vid":
-        if not spec.models:
-            raise AdvlensError("a mod_vid study needs a 'models' list of {model, data} entries")
+    if spec.models:
         for m in spec.models:
             if not isinstance(m, dict) or "model" not in m or "data" not in m:
                 raise AdvlensError(f"each entry of 'models' needs 'model' and 'data' keys, got {m!r}")
