@@ -60,6 +60,61 @@ def _cmd_explain(args: argparse.Namespace) -> None:
     print(f"wrote {len(maps)} layer maps for {len(batch)} images to {args.out}/maps.safetensors")
 
 
+_INTERPRETATION_ATTACKS = ("adv2", "advedge", "advedge+")
+
+
+def _parse_value(text: str) -> object:
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
+def _attack_params(args: argparse.Namespace) -> dict[str, object]:
+    """What --eps/--steps/--alpha mean for each attack, plus --param KEY=VALUE pairs."""
+    m, steps = args.method, args.steps
+    pgd_like = {"eps": args.eps, "steps": steps, "alpha": args.alpha or args.eps / 4}
+    params: dict[str, object] = {
+        "fgsm": {"eps": args.eps},
+        "ifgsm": {"max_eps": args.eps, "eps_step": min(1 / 255, args.eps)},
+        "pgd": pgd_like,
+        "dlfuzz": {"iterations": steps},
+        "onepixel": {"iterations": steps},
+        "cw": {"steps": steps},
+        "stadv": {"steps": steps},
+    }.get(m, {})
+    if m in _INTERPRETATION_ATTACKS:
+        params = {"steps": steps, "base": args.base, "interpreter": args.interpreter}
+        if args.base == "pgd":
+            params.update(eps=args.eps, alpha=args.alpha or 1 / 255)
+    for item in args.param or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise AdvlensError(f"--param takes KEY=VALUE, got {item!r}")
+        params[key.strip().replace("-", "_")] = _parse_value(value.strip())
+    return params
+
+
+def _target(args: argparse.Namespace, model, batch):
+    """None (untargeted), one class for all images, or seed 004's random y_t = (y + randint(1, C)) mod C."""
+    import torch
+
+    if args.target is None:
+        return None
+    if args.target != "random":
+        try:
+            return int(args.target)
+        except ValueError:
+            raise AdvlensError(f"--target must be a class index or 'random', got {args.target!r}") from None
+    with torch.no_grad():
+        y = batch.y if (args.use_labels and batch.y is not None) else model.predict(batch.x)
+    gen = torch.Generator().manual_seed(args.seed)
+    c = len(model.labels)
+    return ((y.cpu() + torch.randint(1, c, (len(y),), generator=gen)) % c).to(batch.x.device)
+
+
 def _cmd_attack(args: argparse.Namespace) -> None:
     import pandas as pd
 
@@ -69,13 +124,8 @@ def _cmd_attack(args: argparse.Namespace) -> None:
     from .data import save_images
 
     model, batch = _load(args)
-    params = {  # what --eps/--steps/--alpha mean for each attack
-        "fgsm": {"eps": args.eps},
-        "ifgsm": {"max_eps": args.eps, "eps_step": min(1 / 255, args.eps)},
-        "pgd": {"eps": args.eps, "steps": args.steps, "alpha": args.alpha or args.eps / 4},
-        "dlfuzz": {"iterations": args.steps},
-    }.get(args.method, {})
-    res = attack(model, batch.x, batch.y if args.use_labels else None, method=args.method, seed=args.seed, **params)
+    res = attack(model, batch.x, batch.y if args.use_labels else None, method=args.method, seed=args.seed,
+                 target=_target(args, model, batch), **_attack_params(args))
     rows = pd.DataFrame({
         "image": batch.names, "label": [model.labels[int(i)] for i in res.y],
         "adv_pred": [model.labels[int(i)] for i in res.pred], "success": res.success.cpu().numpy(),
@@ -95,7 +145,7 @@ def _cmd_study(args: argparse.Namespace) -> None:
     from .studies.spec import load_spec
 
     if args.spec is None and args.preset is None:
-        raise AdvlensError("give a spec file (advlens study SPEC.toml) or --preset NAME (seed000, seed003)")
+        raise AdvlensError("give a spec file (advlens study SPEC.toml) or --preset NAME (seed000, seed001, seed003, seed004)")
     spec = load_spec(args.spec, args.preset, limit=args.limit, seed=args.seed, device=args.device,
                      batch_size=args.batch_size)
     path = run_study(spec, args.out, progress=not args.quiet)
@@ -148,7 +198,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("explain", help="explanation maps at every requested layer (one pass)")
     common(sp, "advlens-explain")
     data_args(sp)
-    sp.add_argument("--method", default="gradcam", help="gradcam, gradcam++, layercam, noisecam, cam, saliency, smoothgrad")
+    sp.add_argument("--method", default="gradcam", help="gradcam, gradcam++, layercam, noisecam, cam, saliency, smoothgrad, grad, lrp, mask, rts")
     sp.add_argument("--layers", default="all", help="'all' or comma-separated layer names")
     sp.add_argument("--batch-size", type=int, default=16)
     sp.set_defaults(fn=_cmd_explain)
@@ -156,17 +206,25 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("attack", help="attack a model and save the adversarial images")
     common(sp, "advlens-attack")
     data_args(sp)
-    sp.add_argument("--method", default="pgd", help="fgsm, ifgsm, pgd, dlfuzz")
+    sp.add_argument("--method", default="pgd",
+                    help="fgsm, ifgsm, pgd, dlfuzz, cw, stadv, onepixel, adv2, advedge, advedge+")
     sp.add_argument("--eps", type=float, default=8 / 255,
                     help="L-inf budget in [0,1] units (default 8/255); for ifgsm the largest eps tried")
-    sp.add_argument("--steps", type=int, default=10, help="PGD / DLFuzz iterations")
-    sp.add_argument("--alpha", type=float, default=None, help="PGD step (default eps/4)")
+    sp.add_argument("--steps", type=int, default=10,
+                    help="iterations: PGD, C&W, StAdv, ADV²/AdvEdge steps; DLFuzz iterations; one-pixel generations")
+    sp.add_argument("--alpha", type=float, default=None, help="PGD step (default eps/4; 1/255 for adv2/advedge)")
+    sp.add_argument("--target", default=None, help="targeted attack: a class index, or 'random' (seed 004's y_t)")
+    sp.add_argument("--interpreter", default="cam", help="adv2/advedge/advedge+: grad, cam, gradcam, layercam, mask, rts")
+    sp.add_argument("--base", default="pgd", help="adv2/advedge/advedge+: base framework pgd, cw or stadv")
+    sp.add_argument("--param", action="append", metavar="KEY=VALUE",
+                    help="any other attack parameter, e.g. --param pixels=3 --param lam=20 (repeatable)")
     sp.add_argument("--use-labels", action="store_true", help="attack the data set's labels, not the predictions")
     sp.set_defaults(fn=_cmd_attack)
 
     sp = sub.add_parser("study", help="run or resume a study (a TOML spec or a preset) into --out")
     sp.add_argument("spec", nargs="?", default=None, help="study spec (TOML)")
-    sp.add_argument("--preset", default=None, help="seed000 (layer shift, DLFuzz) or seed003 (MOD/VID, FGSM)")
+    sp.add_argument("--preset", default=None, help="seed000 (layer shift, DLFuzz), seed001 (LRP signatures, FGSM + "
+                    "one-pixel), seed003 (MOD/VID, FGSM) or seed004 (ADV²/AdvEdge vs interpreters)")
     sp.add_argument("--device", default=None, help="torch device (default: the spec's, cpu)")
     sp.add_argument("--seed", type=int, default=None, help="random seed (default: the spec's, 0)")
     sp.add_argument("--limit", type=int, default=None, help="at most N images per data set")

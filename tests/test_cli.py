@@ -69,6 +69,13 @@ def _not_state_dict(tmp_path):
     ("weights not a state dict", ["attack", "--model", "small_vgg_digits", "--weights", "NOTDICT", "--images", "digits"],
      "is not a state dict"),
     ("bad eps", ["attack", "--model", "small_vgg_digits", "--images", "digits", "--eps", "-1"], "eps must be a positive number"),
+    ("bad --param", ["attack", "--model", "small_vgg_digits", "--images", "digits", "--method", "cw", "--param", "c"],
+     "--param takes KEY=VALUE"),
+    ("unknown attack parameter", ["attack", "--model", "small_vgg_digits", "--images", "digits", "--method", "onepixel",
+                                  "--param", "pixel=2"], "unknown parameter(s) ['pixel']"),
+    ("unknown interpreter", ["attack", "--model", "small_vgg_digits", "--images", "digits", "--method", "advedge",
+                             "--interpreter", "lime"], "unknown interpreter 'lime'"),
+    ("bad target", ["attack", "--model", "small_vgg_digits", "--images", "digits", "--target", "cat"], "--target"),
 ])
 def test_bad_input_exits_2_with_one_line_and_writes_nothing(capsys, tmp_path, digits_model, case, args, message):
     (tmp_path / "empty").mkdir()
@@ -96,3 +103,14 @@ def test_ifgsm_from_the_cli_reports_the_minimal_eps(capsys, tmp_path, digits_mod
     df = pd.read_parquet(out / "results.parquet")
     flipped = df[df.success]
     assert len(flipped) > 0 and (flipped.min_eps > 0).all() and (flipped.min_eps <= 0.3 + 1e-6).all()
+
+
+def test_interpretation_attack_from_the_cli(capsys, tmp_path, digits_model):
+    """seed 004 from the command line: random targets, another base framework, extra parameters."""
+    out = tmp_path / "adv2"
+    code, text, _ = run(capsys, "attack", "--model", "small_vgg_digits", "--images", "digits", "--limit", "4",
+                        "--method", "adv2", "--base", "cw", "--interpreter", "grad", "--target", "random",
+                        "--steps", "30", "--param", "lam=5", "--param", "binary_search_steps=1", "--out", str(out))
+    assert code == 0, text
+    df = pd.read_parquet(out / "results.parquet")
+    assert len(df) == 4 and df.success.mean() >= 0.5  # 30 C&W steps flip most digits
