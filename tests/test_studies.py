@@ -41,7 +41,7 @@ def spec_file(tmp_path, digits_model):
 
 def test_specs_from_presets_and_toml(spec_file):
     for name in PRESETS:
-        assert load_spec(preset=name).study in ("layer_shift", "mod_vid")
+        assert load_spec(preset=name).study in ("layer_shift", "mod_vid", "interpreter_attack", "signatures")
     spec = load_spec(spec_file, limit=6)
     assert spec.limit == 6 and spec.strengths == [0.5, 1, 2] and spec.attack == {"method": "fgsm", "eps": 0.05}
 
@@ -192,3 +192,40 @@ def test_seed000_preset_runs_end_to_end_on_the_default_model(tmp_path):
     cov = pd.read_parquet(tmp_path / "s0" / "coverage.parquet")
     assert cov.coverage.is_monotonic_increasing and len(cov) == 2  # before and after one iteration
     assert (tmp_path / "s0" / "figures" / "coverage.png").is_file()
+
+
+def test_interpreter_attack_study_tables_and_report(tmp_path, digits_model):
+    """Seed 004's study at CI size: plain PGD and the three variants against Grad and CAM."""
+    from advlens.studies.interpreter_attack import attack_table, transfer_table
+
+    spec = load_spec(preset="seed004", limit=4, batch_size=4, explainers=["grad", "cam"],
+                     models=[{"model": "small_vgg_digits", "data": "digits", "split": "test"}],
+                     attack={"method": "advedge", "steps": 40})
+    report = run_study(spec, tmp_path / "s4", progress=False)
+    res = pd.read_parquet(tmp_path / "s4" / "results.parquet")
+    # (plain + 3 variants x 2 attacked interpreters) x 2 evaluated interpreters x 4 images
+    assert len(res) == (1 + 3 * 2) * 2 * 4
+    table = attack_table(res)
+    assert set(table.attack) == {"plain", "adv2", "advedge", "advedge+"} and table.success_rate.between(0, 1).all()
+    assert (res.linf <= 0.031 + 1e-6).all() and (res.target != res.label).all()  # targeted, y_t != y
+    transfer = transfer_table(res)
+    assert set(transfer.columns) >= {"grad", "cam"} and len(transfer) == 3 * 2
+    html = report.read_text()
+    assert "Transferability" in html and (tmp_path / "s4" / "figures" / "l1_per_interpreter.png").is_file()
+
+
+def test_signatures_study_umap_and_table(tmp_path, digits_model):
+    """Seed 001's study at CI size: iterative FGSM + one-pixel, LRP signatures, UMAP."""
+    from advlens.studies.signatures import accuracy_table
+
+    spec = load_spec(preset="seed001", limit=12, batch_size=12,
+                     models=[{"model": "small_vgg_digits", "data": "digits", "split": "test"}],
+                     attack={"method": "ifgsm+onepixel", "onepixel": {"popsize": 40, "iterations": 3}})
+    run_study(spec, tmp_path / "s1", progress=False)
+    res = pd.read_parquet(tmp_path / "s1" / "results.parquet")
+    assert len(res) == 3 * 12 and set(res.condition) == {"clean", "fgsm", "one-pixel"}
+    acc = accuracy_table(res).iloc[0]
+    assert acc.clear_test > 0.9 and acc.fgsm_test < 0.3  # ifgsm flips nearly every digit
+    sig = pd.read_parquet(tmp_path / "s1" / "signatures.parquet")
+    assert sig.filter(like="s").shape[1] >= 256 and len(sig) == 3 * 12
+    assert (tmp_path / "s1" / "figures" / "umap_lrp_signatures.png").is_file()

@@ -82,7 +82,7 @@ class RTSMasker(nn.Module):
     own frozen feature map ``f(x)`` (its CAM layer: the class-aware, pretrained part, whose parameters are
     never trained here) and a small trained image encoder on ``(x − 0.5)·4`` (spatial detail, U-Net skips).
     At H/4 the projected classifier features ``p`` meet the class embedding ``e_c``: the selector gate
-    ``σ(⟨p, e_c⟩)`` scales the bottleneck, and the spatial mean of ``⟨p, e_c⟩`` is the "class present" logit
+    ``σ(⟨p, e_c⟩)`` scales ``p`` before it joins the image features in the decoder, and the spatial mean of ``⟨p, e_c⟩`` is the "class present" logit
     that Dabkowski & Gal's code trains on real vs fake classes.
 
     Args:
@@ -133,13 +133,16 @@ def classifier_features(model: ClassifierModel, x: Tensor, layer: str | None = N
 
     Shape: ``[N,3,H,W]`` → ``[N,K,h,w]``.
     """
-    layer = layer or feature_layer(model)
+    return _features_and_logits(model, x, layer or feature_layer(model))[0]
+
+
+def _features_and_logits(model: ClassifierModel, x: Tensor, layer: str) -> tuple[Tensor, Tensor]:
     with capture(model, [layer]) as store:
-        model(x)
+        logits = model(x)
         feats = store[layer]
     if feats.ndim != 4:
         raise AdvlensError(f"RTS needs a spatial feature map; layer {layer!r} gives shape {list(feats.shape)}")
-    return feats
+    return feats, logits
 
 
 def _tv(m: Tensor) -> Tensor:
@@ -162,10 +165,14 @@ def rts_loss(model: ClassifierModel, m_low: Tensor, x: Tensor, c: Tensor, real: 
              lambdas: dict[str, float] | None = None) -> Tensor:
     """Seed 004 eq. 11 per sample; fake-class samples (``real`` False) keep only ``λ1·TV + λ2·AV``.
 
-    Defaults (:data:`LAMBDAS`): ``λ4 = 0.3`` as Dabkowski & Gal; ``λ3 = 3`` makes deleting the object worth
-    more than keeping it recognisable alone; ``λ2 = 2`` on the mean mask (an object of 15 % of the image
-    costs 0.3, under ``−log f_c`` of an unrecognised image); ``λ1 = 0.05`` on the sum of squared
-    differences of the 16×16 mask (a sharp object outline costs ~1). Chosen by a small sweep on shapes.
+    Defaults (:data:`LAMBDAS`): ``λ4 = 0.3`` as Dabkowski & Gal (a power < 1 keeps pushing the deleted-image
+    probability towards 0); ``λ1 = 0.01`` (TV of the 16×16 mask, summed: a sharp object outline costs ~20,
+    so ~0.2), ``λ2 = 3`` (an object covering 15 % costs 0.45), ``λ3 = 3``. Checked on the shapes test images
+    with the true object masks: a slightly dilated object mask costs ≈ 2.3, the all-ones mask ≈ 4.2 and the
+    exact object ≈ 3.2, so the object is the preferred solution; with a first guess ``λ1 = 0.05, λ2 = 2``
+    the all-ones mask (3.2) was nearly as cheap as the object (2.9) and training stalled at near-uniform
+    masks. Around these values (λ2 ∈ {2, 3, 4}, λ3 ∈ {3, 5}, λ1 ∈ {0.01, 0.05}) the IoU with the true masks
+    varied only within noise (0.47–0.51).
 
     Args:
         model: frozen classifier; m_low: ``[N,1,h,w]``; x: ``[N,3,H,W]``; c: ``[N]`` class asked for;
@@ -351,9 +358,8 @@ def rts(
     check_model(model)
     check_images(x)
     net, meta = _cached(model, _data_for(model, data), seed, x.device)
-    if len(model.labels) != meta["num_classes"] or meta.get("model") != model.name:
-        raise AdvlensError(f"the cached RTS masker was trained for {meta.get('model')!r}, not {model.name!r}")
-    feats = classifier_features(model, x, meta["feature_layer"])
-    logits = torch.empty(x.shape[0], len(model.labels)) if target is not None else None
-    c = resolve_target(target, logits if logits is not None else model(x.detach()).detach()).to(x.device)
+    if meta["num_classes"] != len(model.labels):
+        raise AdvlensError(f"the cached RTS masker has {meta['num_classes']} classes, {model.name!r} has {len(model.labels)}")
+    feats, logits = _features_and_logits(model, x, meta["feature_layer"])
+    c = resolve_target(target, logits.detach()).to(x.device)
     return upsample_mask(net(x, feats, c), tuple(x.shape[-2:]))[:, 0]
