@@ -148,8 +148,8 @@ def optimize_mask(
         m = torch.full((x.shape[0], 1, *size), float(init), device=x.device, dtype=x.dtype)
     m.requires_grad_(True)
     opt = torch.optim.Adam([m], lr=lr, amsgrad=True)
-    torch.manual_seed(seed)
-    with torch.enable_grad():
+    with torch.random.fork_rng(devices=[]), torch.enable_grad():  # the caller's RNG state is left alone
+        torch.manual_seed(seed)
         for _ in range(int(steps)):
             loss = mask_loss(model, m, x, tgt, blurred, l1, tv, tv_beta).sum()
             (m.grad,) = torch.autograd.grad(loss, m)  # only m: the model's parameters stay untouched
