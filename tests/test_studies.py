@@ -13,7 +13,7 @@ import pytest
 import advlens as al
 from advlens.cli import main
 from advlens.studies import layer_shift, mod_vid
-from advlens.studies.runner import build_report, run_study
+from advlens.studies.runner import run_study
 from advlens.studies.spec import PRESETS, load_spec
 
 SPEC = """

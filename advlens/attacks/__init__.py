@@ -1,6 +1,13 @@
 """Attacks: ``attack(model, x, y, method, seed, **params) -> AttackResult``."""
-from . import cw as _cw, dlfuzz as _dlfuzz, fgsm as _fgsm, onepixel as _onepixel, pgd as _pgd, stadv as _stadv  # noqa: F401  (register)
-from . import interpretation as _interpretation  # noqa: F401,E402  (register adv2/advedge/advedge+)
+from . import (  # noqa: F401  (register the attacks)
+    cw as _cw,
+    dlfuzz as _dlfuzz,
+    fgsm as _fgsm,
+    interpretation as _interpretation,
+    onepixel as _onepixel,
+    pgd as _pgd,
+    stadv as _stadv,
+)
 from .base import AttackResult, attack, list_attacks, objective_grad, project_linf, register_attack
 from .noise import matched_noise, scale_perturbation
 

@@ -21,7 +21,7 @@ from .._checks import AdvlensError
 from ..models.wrapper import ClassifierModel
 from .base import AttackResult, finish, register_attack
 
-__all__ = ["onepixel", "apply_pixels", "init_population"]
+__all__ = ["apply_pixels", "init_population", "onepixel"]
 
 GENES = 5  # genes per pixel: row, col, r, g, b
 _COLOR_MEAN, _COLOR_STD = 128 / 255, 127 / 255  # Su et al.: colours ~ N(128, 127) on 0..255
@@ -156,7 +156,7 @@ def _key(fit: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
 @register_attack("onepixel")
 def onepixel(
     model: ClassifierModel, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None, seed: int = 0,
-    pixels: int = 1, popsize: int = 400, iterations: int = 100, f: float = 0.5, batch_size: int = 4096,
+    pixels: int = 1, popsize: int = 400, iterations: int = 100, f: float = 0.5, batch_size: int | None = None,
     early_stop: bool = True,
 ) -> AttackResult:
     """One-pixel attack (Su et al., "One pixel attack for fooling deep neural networks"; seed 001 §2).
@@ -167,7 +167,7 @@ def onepixel(
     [0,1]). After mutation, genes are clipped to the image / to [0,1]; a pixel's position is
     the floor of its (row, col) genes. Fitness (minimised): untargeted ``p_y``, targeted
     ``−p_target``; a trial replaces its parent when not worse. The defaults are Su et al.'s
-    settings, which REFERENCE.md prescribes for seed 001 (the paper gives none): population 400,
+    settings, which REFERENCE.md prescribes for seed 001 (the paper does not give them): population 400,
     up to 100 generations, F = 0.5, early stop on success. Su et al. stop untargeted CIFAR runs only
     once ``p_y < 5%``; here an image stops as soon as one candidate succeeds (the attack's goal).
 
@@ -181,7 +181,8 @@ def onepixel(
         seed: seeds the initial population and the parent draws (``torch.Generator``).
         pixels: pixels changed per image (Su et al.: 1, 3, 5).
         popsize: candidates per image (≥ 4). iterations: maximum generations.
-        f: DE scale factor in (0, 2]. batch_size: candidate images per model call.
+        f: DE scale factor in (0, 2]. batch_size: candidate images per model call (None: 4096 on a
+            GPU, 256 on CPU, where 128–256 run ~1.3–2× faster on the digits VGG: the chunk stays in cache).
         early_stop: stop an image once a candidate succeeds (else run all generations).
 
     Returns:
@@ -197,6 +198,8 @@ def onepixel(
         >>> res.success_rate, res.extras["queries"].float().mean()
     """
     size = (x.shape[-2], x.shape[-1])
+    if batch_size is None:  # measured: chunks of 256 run 1.3–2× faster on CPU (cache); big batches feed a GPU
+        batch_size = 4096 if x.device.type == "cuda" else 256
     f = _check_params(pixels, popsize, iterations, f, batch_size, size[0] * size[1])
     start = time.perf_counter()
     x = x.detach()
