@@ -200,7 +200,8 @@ def _grids(figs: Path, examples: dict[str, torch.Tensor]) -> list[Path]:
     paths = []
     for model_name in dict.fromkeys(k.split("|")[0] for k in examples):
         keys = [k.split("|")[1:] for k in examples if k.startswith(model_name + "|")]
-        conds = list(dict.fromkeys(c for c, _, _ in keys))
+        found = set(c for c, _, _ in keys)
+        conds = [c for c in ("clean", "plain", *VARIANTS) if c in found]
         interps = list(dict.fromkeys(g for _, g, _ in keys))
         rows = {c: examples[f"{model_name}|{c}|{interps[-1]}|image"][None].float() for c in conds}
         maps = {c: {g: examples[f"{model_name}|{c}|{g}|map"][None].float() for g in interps} for c in conds}
