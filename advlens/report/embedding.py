@@ -48,7 +48,12 @@ def embedding_plot(
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_title(str(panel) if panel is not None else "", fontsize=10)
-    axes[-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5), frameon=False)
+    entries: dict[str, object] = {}  # every panel's entries, once (a value may appear in one panel only)
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    axes[-1].legend(list(entries.values()), list(entries), fontsize=7, loc="center left",
+                    bbox_to_anchor=(1.0, 0.5), frameon=False)
     if title:
         fig.suptitle(title, fontsize=11)
     return _save(fig, path)
