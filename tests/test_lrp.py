@@ -66,7 +66,12 @@ def test_target_none_is_prediction_and_target_honoured(digits_model, digits_test
 
 def test_batches_give_the_same_maps(digits_model, digits_test):
     x = digits_test.x[:5]
-    assert torch.allclose(lrp(digits_model, x, batch_size=2), lrp(digits_model, x), atol=1e-6, rtol=1e-5)
+    full, parts = lrp(digits_model, x), lrp(digits_model, x, batch_size=2)
+    # Batching changes the float summation order inside the convs; LRP's z⁺/ε rules divide by pre-activation sums
+    # that can be ~1e-6, which amplifies it locally (measured: test digit 4 alone vs in a batch differs by 1 % of
+    # the map's scale at a few pixels). Images must not mix: every map stays the same map.
+    assert torch.allclose(parts, full, atol=2e-2 * float(full.abs().max()), rtol=0)
+    assert al.metrics.cosine(parts, full).min() > 0.999
 
 
 @pytest.mark.parametrize("arch", ["digits_model", "resnet50"])
