@@ -12,7 +12,8 @@ from ..data import ImageBatch, load_images
 from ..explain import explain_many
 from ..models import ClassifierModel, load_model
 
-__all__ = ["load_entry", "maps_in_batches", "similarity_rows", "SIMILARITIES", "chunks"]
+__all__ = ["load_entry", "maps_in_batches", "similarity_rows", "SIMILARITIES", "chunks", "entries", "safe_name",
+           "units_per_chunk"]
 
 #: similarity metrics a study can record per layer (maps [N,H,W] -> [N])
 SIMILARITIES = {"cosine": M.cosine, "nissim": M.nissim, "ssim": M.ssim, "l1": M.l1, "iou": M.iou}
@@ -32,6 +33,30 @@ def load_entry(entry: dict[str, Any], device: str, limit: int | None, seed: int)
     if limit is not None:
         batch = batch[:limit]
     return model, batch
+
+
+def entries(spec) -> list[dict[str, Any]]:
+    """The spec's ``models`` list, or its single ``model``/``data`` as a one-entry list."""
+    return spec.models or [{"model": spec.model, "data": spec.data, "weights": spec.weights, "split": spec.split}]
+
+
+def safe_name(name: str) -> str:
+    """``name`` with anything but letters, digits, ``-`` and ``_`` replaced (for file names)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def units_per_chunk(spec, run) -> list:
+    """One :class:`~advlens.studies.runner.Unit` per model entry × chunk of ``spec.batch_size`` images;
+    ``run(model, batch, slice, chunk_index, entry)`` computes a chunk's tables."""
+    from .runner import Unit
+
+    units = []
+    for mi, entry in enumerate(entries(spec)):
+        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed)
+        for i, sl in enumerate(chunks(len(batch), spec.batch_size)):
+            units.append(Unit(f"{mi:02d}-{safe_name(model.name)}-{i:05d}",
+                              lambda m=model, b=batch, sl=sl, i=i, e=entry: run(m, b, sl, i, e)))
+    return units
 
 
 def chunks(n: int, size: int) -> list[slice]:

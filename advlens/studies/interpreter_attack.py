@@ -26,7 +26,7 @@ from ..attacks import attack
 from ..attacks.interpretation import BASES, INTERPRETERS
 from ..explain import explain
 from ..report import Section, bar_plot, map_grid, write_report
-from ._common import chunks, load_entry
+from ._common import safe_name, units_per_chunk
 from .runner import Unit
 from .spec import StudySpec
 
@@ -38,10 +38,6 @@ _BASE_KEYS = {"pgd": ("eps", "alpha"), "cw": ("c", "kappa", "lr", "binary_search
               "stadv": ("kappa", "lr", "flow_tau")}
 _SHARED_KEYS = ("steps",)
 _VARIANT_KEYS = ("lam", "phi", "smooth_tau", "mask_steps")
-
-
-def _entries(spec: StudySpec) -> list[dict[str, Any]]:
-    return spec.models or [{"model": spec.model, "data": spec.data, "weights": spec.weights, "split": spec.split}]
 
 
 def _settings(spec: StudySpec) -> dict[str, Any]:
@@ -68,14 +64,7 @@ def _settings(spec: StudySpec) -> dict[str, Any]:
 def plan(spec: StudySpec) -> list[Unit]:
     """One unit per model × chunk of ``batch_size`` images."""
     settings = _settings(spec)
-    units = []
-    for mi, entry in enumerate(_entries(spec)):
-        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed)
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in model.name)
-        for i, sl in enumerate(chunks(len(batch), spec.batch_size)):
-            units.append(Unit(f"{mi:02d}-{safe}-{i:05d}",
-                              lambda m=model, b=batch, sl=sl, i=i, e=entry: _run(spec, settings, m, b, sl, i, e)))
-    return units
+    return units_per_chunk(spec, lambda m, b, sl, i, e: _run(spec, settings, m, b, sl, i, e))
 
 
 def _maps(model, x: torch.Tensor, interpreter: str, cls: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
@@ -205,6 +194,5 @@ def _grids(figs: Path, examples: dict[str, torch.Tensor]) -> list[Path]:
         interps = list(dict.fromkeys(g for _, g, _ in keys))
         rows = {c: examples[f"{model_name}|{c}|{interps[-1]}|image"][None].float() for c in conds}
         maps = {c: {g: examples[f"{model_name}|{c}|{g}|map"][None].float() for g in interps} for c in conds}
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in model_name)
-        paths.append(map_grid(figs / f"grid_{safe}.png", rows, maps, interps, title=model_name))
+        paths.append(map_grid(figs / f"grid_{safe_name(model_name)}.png", rows, maps, interps, title=model_name))
     return paths

@@ -24,7 +24,7 @@ from ..attacks import attack
 from ..explain import explain
 from ..report import Section, bar_plot, map_grid, write_report
 from ..report.embedding import embedding_plot
-from ._common import chunks, load_entry
+from ._common import safe_name, units_per_chunk
 from .runner import Unit
 from .spec import StudySpec
 
@@ -32,10 +32,6 @@ __all__ = ["plan", "report", "accuracy_table", "embed", "separability"]
 
 _ATTACKS = {"fgsm": "ifgsm", "one-pixel": "onepixel"}
 SIGNATURE_SIZE = 16  # LRP maps are average-pooled to 16×16 = 256 numbers per image
-
-
-def _entries(spec: StudySpec) -> list[dict[str, Any]]:
-    return spec.models or [{"model": spec.model, "data": spec.data, "weights": spec.weights, "split": spec.split}]
 
 
 def _params(spec: StudySpec) -> dict[str, dict[str, Any]]:
@@ -49,15 +45,9 @@ def _params(spec: StudySpec) -> dict[str, dict[str, Any]]:
 
 
 def plan(spec: StudySpec) -> list[Unit]:
+    """One unit per model × chunk of ``batch_size`` images."""
     params = _params(spec)
-    units = []
-    for mi, entry in enumerate(_entries(spec)):
-        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed)
-        safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in model.name)
-        for i, sl in enumerate(chunks(len(batch), spec.batch_size)):
-            units.append(Unit(f"{mi:02d}-{safe}-{i:05d}",
-                              lambda m=model, b=batch, sl=sl, i=i, e=entry: _run(spec, params, m, b, sl, i, e)))
-    return units
+    return units_per_chunk(spec, lambda m, b, sl, i, e: _run(spec, params, m, b, sl, i, e))
 
 
 def _run(spec, params, model, batch, sl, i: int, entry) -> dict[str, Any]:
@@ -180,8 +170,7 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
         conds = [c for c in ("clean", *_ATTACKS) if f"{model_name}|{c}|image" in examples]
         rows = {c: examples[f"{model_name}|{c}|image"][None].float() for c in conds}
         maps = {c: {"lrp": examples[f"{model_name}|{c}|lrp"][None].float()} for c in conds}
-        safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in model_name)
-        grids.append(map_grid(figs / f"grid_{safe}.png", rows, maps, ["lrp"], title=model_name))
+        grids.append(map_grid(figs / f"grid_{safe_name(model_name)}.png", rows, maps, ["lrp"], title=model_name))
     if grids:
         sections.append(Section("Examples", "First image per model: clean, FGSM, one-pixel and their LRP maps.", grids))
     return write_report(out / "report.html", "advlens study: signatures (seed 001)", sections, spec,
