@@ -8,7 +8,7 @@
 """
 from importlib.metadata import PackageNotFoundError, version as _version
 
-from . import metrics
+from . import detect, metrics
 from ._checks import AdvlensError
 from .attacks import AttackResult, attack, list_attacks, matched_noise, scale_perturbation
 from .data import ImageBatch, load_images
@@ -21,7 +21,7 @@ except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
 __all__ = [
-    "AdvlensError", "AttackResult", "ClassifierModel", "ImageBatch", "attack", "explain", "explain_many",
+    "AdvlensError", "AttackResult", "ClassifierModel", "ImageBatch", "attack", "detect", "explain", "explain_many",
     "list_attacks", "list_methods", "list_models", "load_images", "load_model", "matched_noise", "metrics",
     "scale_perturbation", "wrap", "__version__",
 ]

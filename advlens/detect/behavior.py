@@ -1,0 +1,103 @@
+"""Behaviour-deviation detector (seed 002, Sec. III-D, steps 1–5).
+
+1. *Image cleaning*: PCA fitted on clean images keeps 99 % of the variance; ``I_c`` = the input's
+   reconstruction.
+2. *Noise extraction*: ``I_n = I_o − I_c``.
+3. *Benign noisy samples*: ``copies`` (≥ 50) Gaussian images ``I_c + N(mean(I_n), std(I_n))``.
+4. *Input-specific model*: Grad-CAM of the probe layer (seed 002: VGG-16 ``block5_conv1``) for ``I_c``
+   and every copy; the behaviour deviations ``D_g = cos(H(I_c), H(copy))`` (eq. 8) give a benign
+   mean and spread for this very input.
+5. *Comparing*: ``D_o = cos(H(I_c), H(I_o))``; the score is how many benign standard deviations
+   ``D_o`` lies below the benign mean, ``(mean(D_g) − D_o) / std(D_g)``; flagged above ``threshold``.
+   The paper flags "sufficient drift"; a fixed 2σ flags many clean inputs (PCA cleaning itself moves the
+   map more than Gaussian copies do), so by default the threshold is calibrated: the PCA is fitted on
+   75 % of the clean images and the threshold is the (1 − ``fpr``) quantile of the other 25 %'s scores.
+
+All maps explain the class ``I_c`` is predicted as; the copies go through the model in batches.
+"""
+from __future__ import annotations
+
+import torch
+
+from .._checks import AdvlensError
+from ..explain import explain
+from ..metrics import cosine
+from .base import Detector
+
+__all__ = ["BehaviorDeviation"]
+
+
+class BehaviorDeviation(Detector):
+    """Seed 002's behaviour-deviation detector (see the module docstring).
+
+    Args:
+        layer: probe layer (None: the layer two thirds deep in ``model.layers`` — ``block5_conv1`` is
+            seed 002's choice for VGG-16).
+        variance: fraction of the clean images' variance the PCA keeps (0.99).
+        copies: benign noisy copies per input (≥ 50 in the paper).
+        threshold: score above which an input is flagged; None calibrates it on held-out clean images
+            to the false-positive rate ``fpr`` (0.05).
+        batch_size: images per explanation pass. seed: the noise of the copies.
+    """
+
+    kind = "behavior_deviation"
+    params = ("layer", "variance", "copies", "fpr", "batch_size", "seed")
+
+    def __init__(self, layer: str | None = None, variance: float = 0.99, copies: int = 50,
+                 threshold: float | None = None, fpr: float = 0.05, batch_size: int = 256, seed: int = 0) -> None:
+        super().__init__()
+        if not 0 < variance <= 1:
+            raise AdvlensError(f"variance must be in (0, 1], got {variance!r}")
+        if not isinstance(copies, int) or copies < 2:
+            raise AdvlensError(f"copies must be an integer ≥ 2, got {copies!r}")
+        if not 0 < fpr < 1:
+            raise AdvlensError(f"fpr must be in (0, 1), got {fpr!r}")
+        self.layer, self.variance, self.copies, self.fpr = layer, float(variance), copies, float(fpr)
+        self.fixed = threshold is not None
+        self.threshold, self.batch_size, self.seed = float(threshold or 0.0), int(batch_size), int(seed)
+
+    def _fit(self, x: torch.Tensor) -> None:
+        from sklearn.decomposition import PCA
+
+        names = list(self.model.layers)
+        self.layer = self.layer or names[(2 * len(names)) // 3]
+        self.model.resolve_layers([self.layer])
+        n_pca = len(x) if self.fixed else (3 * len(x)) // 4
+        if n_pca < 2 or (not self.fixed and len(x) - n_pca < 4):
+            raise AdvlensError(f"fit needs at least {2 if self.fixed else 8} clean images, got {len(x)}")
+        flat = x[:n_pca].flatten(1).cpu().double().numpy()
+        pca = PCA(n_components=self.variance if self.variance < 1 else None, svd_solver="full").fit(flat)
+        dev, dt = x.device, x.dtype
+        self.state = {"mean": torch.as_tensor(pca.mean_, dtype=dt, device=dev),
+                      "components": torch.as_tensor(pca.components_, dtype=dt, device=dev)}
+        if not self.fixed:
+            held_out = self._score(x[n_pca:])
+            self.threshold = float(torch.quantile(held_out.double(), 1 - self.fpr))
+
+    def clean(self, x: torch.Tensor) -> torch.Tensor:
+        """Step 1: the PCA reconstruction ``I_c`` ``[N,3,H,W]`` (clamped to [0,1])."""
+        mean, comp = self.state["mean"], self.state["components"]
+        z = (x.flatten(1) - mean) @ comp.T
+        return (z @ comp + mean).view_as(x).clamp(0, 1)
+
+    def _maps(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return explain(self.model, x, "gradcam", layers=[self.layer], target=target,
+                       batch_size=self.batch_size)[self.layer]
+
+    def _score(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = len(x), self.copies
+        xc = self.clean(x)
+        noise = x - xc
+        mu = noise.mean(dim=(1, 2, 3), keepdim=True)
+        sd = noise.std(dim=(1, 2, 3), keepdim=True)
+        gen = torch.Generator(device=x.device).manual_seed(self.seed)
+        eps = torch.randn((k, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
+        copies = (xc.unsqueeze(0) + mu + sd * eps).clamp(0, 1).reshape(k * n, *x.shape[1:])
+        with torch.no_grad():
+            target = self.model(xc).argmax(1)
+        h_c = self._maps(xc, target)
+        h_o = self._maps(x, target)
+        h_g = self._maps(copies, target.repeat(k)).view(k, n, *h_c.shape[1:])
+        d_g = torch.stack([cosine(h_c, h_g[j]) for j in range(k)])  # [k, N]
+        d_o = cosine(h_c, h_o)
+        return (d_g.mean(0) - d_o) / d_g.std(0).clamp_min(1e-6)
