@@ -71,6 +71,8 @@ def test_interpretation_attack_rejects_bad_parameters(case):
         al.attack(model, x[:2], y[:2], "adv2", c=1.0, steps=1)
     with pytest.raises(al.AdvlensError, match="target_map"):
         al.attack(model, x[:2], y[:2], "adv2", target_map=torch.zeros(2, 8, 8), steps=1)
+    with pytest.raises(al.AdvlensError, match="weight must be finite and non-negative"):
+        al.attack(model, x[:2], y[:2], "pgd", weight=-torch.ones(2, 1, 32, 32), steps=1)  # shared with cw/stadv
     with pytest.raises(al.AdvlensError, match="lam"):
         al.attack(model, x[:2], y[:2], "adv2", lam=-1.0, steps=1)
 

@@ -13,9 +13,10 @@ from the same forward when ``explainer`` is given.
 from __future__ import annotations
 
 import inspect
+import math
 import time
-from contextlib import nullcontext
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,12 +25,13 @@ from torch.nn import functional as F
 
 from .._checks import AdvlensError, check_images, unknown_name
 from ..explain.api import LAYER_METHODS, layers_for, maps_from_pass
-from ..explain.gradient import smooth_relu
 from ..explain.engine import check_model, forward_backward
+from ..explain.gradient import smooth_relu
 from ..models.wrapper import ClassifierModel
 
 __all__ = [
     "AttackResult", "attack", "list_attacks", "register_attack", "forward_penalty", "objective_grad", "project_linf", "finish",
+    "check_count", "check_number", "check_weight",
 ]
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, "dict[str, dict[str, torch.Tensor]] | None"], torch.Tensor]
@@ -150,6 +152,37 @@ def objective_grad(
             obj = obj - pen.sum()
         (grad,) = torch.autograd.grad(obj, xa)
     return grad, logits.detach()
+
+
+def check_number(value: Any, name: str, low: float = 0.0, strict: bool = True) -> float:
+    """A finite real ``> low`` (``≥ low`` when not ``strict``), else a one-line AdvlensError."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or (value <= low if strict else value < low):
+        rel = ">" if strict else "≥"
+        raise AdvlensError(f"{name} must be a finite number {rel} {low:g}, got {value!r}")
+    return float(value)
+
+
+def check_count(value: Any, name: str) -> int:
+    """A positive integer, else a one-line AdvlensError."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise AdvlensError(f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def check_weight(weight: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
+    """Check the per-pixel weight ``N_w`` (seed 004 eqs. 8–10): ``[N|1, 1|3, H, W]``, finite, ≥ 0."""
+    if weight is None:
+        return None
+    n, _, h, w = x.shape
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 4 or weight.shape[0] not in (1, n) \
+            or weight.shape[1] not in (1, 3) or tuple(weight.shape[2:]) != (h, w):
+        shape = list(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
+        raise AdvlensError(f"weight must have shape [{n},1|3,{h},{w}] (per-pixel N_w), got {shape}")
+    weight = weight.detach().to(device=x.device, dtype=x.dtype)
+    if not torch.isfinite(weight).all() or (weight < 0).any():
+        raise AdvlensError("weight must be finite and non-negative (e.g. Sobel edge magnitudes)")
+    return weight
 
 
 def finish(

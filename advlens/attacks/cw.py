@@ -11,9 +11,17 @@ from typing import Any
 
 import torch
 
-from .._checks import AdvlensError
 from ..models.wrapper import ClassifierModel
-from .base import AttackResult, LossFn, finish, forward_penalty, register_attack
+from .base import (
+    AttackResult,
+    LossFn,
+    check_count,
+    check_number,
+    check_weight,
+    finish,
+    forward_penalty,
+    register_attack,
+)
 
 __all__ = ["cw", "margin_loss"]
 
@@ -47,37 +55,6 @@ def reached(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None, 
         z = z.scatter_add(1, cls[:, None], torch.full_like(z[:, :1], kappa if target is None else -kappa))
     pred = z.argmax(1)
     return pred != y if target is None else pred == target
-
-
-def check_number(value: Any, name: str, low: float = 0.0, strict: bool = True) -> float:
-    """A finite real ``> low`` (``≥ low`` when not ``strict``), else a one-line AdvlensError."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= low if strict else value < low):
-        rel = ">" if strict else "≥"
-        raise AdvlensError(f"{name} must be a finite number {rel} {low:g}, got {value!r}")
-    return float(value)
-
-
-def check_count(value: Any, name: str) -> int:
-    """A positive integer, else a one-line AdvlensError."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise AdvlensError(f"{name} must be a positive integer, got {value!r}")
-    return value
-
-
-def check_weight(weight: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
-    """Check the per-pixel weight ``N_w`` (seed 004 eqs. 8–10): ``[N|1, 1|3, H, W]``, finite, ≥ 0."""
-    if weight is None:
-        return None
-    n, _, h, w = x.shape
-    if not isinstance(weight, torch.Tensor) or weight.ndim != 4 or weight.shape[0] not in (1, n) \
-            or weight.shape[1] not in (1, 3) or tuple(weight.shape[2:]) != (h, w):
-        shape = list(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise AdvlensError(f"weight must have shape [{n},1|3,{h},{w}] (per-pixel N_w), got {shape}")
-    weight = weight.detach().to(device=x.device, dtype=x.dtype)
-    if not torch.isfinite(weight).all() or (weight < 0).any():
-        raise AdvlensError("weight must be finite and non-negative (e.g. Sobel edge magnitudes)")
-    return weight
 
 
 def _image(w: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None) -> torch.Tensor:

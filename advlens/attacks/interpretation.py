@@ -32,7 +32,6 @@ from .._checks import AdvlensError, unknown_name
 from ..explain.api import explain, normalize_maps
 from ..models.wrapper import ClassifierModel
 from .base import _REGISTRY, AttackResult, register_attack
-from .fgsm import _check_eps
 
 __all__ = ["edge_weights", "interpretation_attack", "INTERPRETERS", "BASES"]
 
@@ -163,7 +162,7 @@ def interpretation_attack(
     loss = _MapLoss(model, interpreter, target_map.to(x), float(lam), target, layer, options)
     kw: dict[str, Any] = dict(base_params or {})
     if base == "pgd":
-        kw.update(eps=_check_eps(eps), alpha=_check_eps(alpha, "alpha"), steps=steps, random_start=False)
+        kw.update(eps=eps, alpha=alpha, steps=steps, random_start=False)  # validated by pgd
     else:
         kw.setdefault("steps", steps)
     res = _REGISTRY[base](model, x, y, target=target, seed=seed, loss_fn=loss, explainer=loss.explainer(),

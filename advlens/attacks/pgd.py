@@ -5,8 +5,15 @@ import time
 
 import torch
 
-from .._checks import AdvlensError
-from .base import AttackResult, finish, objective_grad, project_linf, register_attack
+from .base import (
+    AttackResult,
+    check_count,
+    check_weight,
+    finish,
+    objective_grad,
+    project_linf,
+    register_attack,
+)
 from .fgsm import _check_eps
 
 __all__ = ["pgd"]
@@ -32,8 +39,8 @@ def pgd(
     Shape: ``x`` ``[N,3,H,W]`` in [0,1] → ``x_adv`` same shape, ``‖x_adv − x‖∞ ≤ eps``.
     """
     eps, alpha = _check_eps(eps), _check_eps(alpha, "alpha")
-    if not isinstance(steps, int) or steps < 1:
-        raise AdvlensError(f"steps must be a positive integer, got {steps!r}")
+    steps = check_count(steps, "steps")
+    weight = check_weight(weight, x)
     start = time.perf_counter()
     x = x.detach()
     x_adv = x.clone()

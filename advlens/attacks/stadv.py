@@ -9,8 +9,17 @@ import torch
 from torch.nn import functional as F
 
 from ..models.wrapper import ClassifierModel
-from .base import AttackResult, LossFn, finish, forward_penalty, register_attack
-from .cw import check_count, check_number, check_weight, margin_loss, reached
+from .base import (
+    AttackResult,
+    LossFn,
+    check_count,
+    check_number,
+    check_weight,
+    finish,
+    forward_penalty,
+    register_attack,
+)
+from .cw import margin_loss, reached
 
 __all__ = ["flow_loss", "stadv", "warp"]
 
@@ -85,7 +94,8 @@ def stadv(
 
     Returns:
         :class:`AttackResult`; ``extras["flow"]`` ``[N,2,H,W]`` the applied flow ``r`` of the kept
-        result, ``extras["flow_loss"]`` ``[N]`` its ``ℓ_flow`` (without ``eps``).
+        result, ``extras["flow_loss"]`` ``[N]`` its ``ℓ_flow`` (without ``eps``), ``extras["reached"]``
+        ``[N]`` bool: the goal was reached with confidence κ (``success`` is only ``pred ≠ y``).
 
     Shape: ``x`` ``[N,3,H,W]`` in [0,1] → ``x_adv`` same shape, in [0,1].
 
@@ -128,4 +138,4 @@ def stadv(
             best_flow = torch.where(keep[:, None, None, None], r.detach(), best_flow)
         opt.step()
     params = {"method": "stadv", "tau": tau, "kappa": kappa, "steps": steps, "lr": lr, "seed": seed}
-    return finish(model, best_x, y, target, start, params, {"flow": best_flow, "flow_loss": best_loss})
+    return finish(model, best_x, y, target, start, params, {"flow": best_flow, "flow_loss": best_loss, "reached": found})

@@ -98,6 +98,6 @@ class BehaviorDeviation(Detector):
         h_c = self._maps(xc, target)
         h_o = self._maps(x, target)
         h_g = self._maps(copies, target.repeat(k)).view(k, n, *h_c.shape[1:])
-        d_g = torch.stack([cosine(h_c, h_g[j]) for j in range(k)])  # [k, N]
+        d_g = cosine(h_c.expand(k, *h_c.shape).flatten(0, 1), h_g.flatten(0, 1)).view(k, n)
         d_o = cosine(h_c, h_o)
         return (d_g.mean(0) - d_o) / d_g.std(0).clamp_min(1e-6)

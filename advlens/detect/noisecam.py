@@ -60,7 +60,6 @@ class NoiseCAMDetector(Detector):
         names = list(self.model.layers)
         self.layer = self.layer or names[min(2, len(names) - 1)]
         self.model.resolve_layers([self.layer])
-        self.threshold = float(self.max_clusters)
 
     def maps(self, x: torch.Tensor) -> torch.Tensor:
         """NoiseCAM maps ``[N,H,W]`` of the probe layer (normalized, input size)."""
