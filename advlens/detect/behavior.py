@@ -40,7 +40,7 @@ class BehaviorDeviation(Detector):
         batch_size: images per explanation pass. seed: the noise of the copies.
     """
 
-    kind = "behavior_deviation"
+    kind = "behavior"
     params = ("layer", "variance", "copies", "fpr", "batch_size", "seed")
 
     def __init__(self, layer: str | None = None, variance: float = 0.99, copies: int = 50,

@@ -2,7 +2,8 @@
 
 A spec is declarative: model(s), data, attack and its parameters, strengths, explainers, layers,
 metrics, seed, device, batch size. ``study`` names the pipeline (``layer_shift`` for seed 000,
-``mod_vid`` for seed 003, ``interpreter_attack`` for seed 004, ``signatures`` for seed 001).
+``mod_vid`` for seed 003, ``interpreter_attack`` for seed 004, ``signatures`` for seed 001, ``detection``
+for seeds 002 and 004).
 
 Example TOML::
 
@@ -27,7 +28,7 @@ from .._checks import AdvlensError, unknown_name
 
 __all__ = ["StudySpec", "load_spec", "PRESETS", "STUDIES"]
 
-STUDIES = ("layer_shift", "mod_vid", "interpreter_attack", "signatures")
+STUDIES = ("layer_shift", "mod_vid", "interpreter_attack", "signatures", "detection")
 
 
 @dataclass
@@ -35,8 +36,8 @@ class StudySpec:
     """Everything a study run depends on (see the module docstring).
 
     Attributes:
-        study: ``layer_shift`` (seed 000), ``mod_vid`` (seed 003), ``interpreter_attack`` (seed 004)
-            or ``signatures`` (seed 001).
+        study: ``layer_shift`` (seed 000), ``mod_vid`` (seed 003), ``interpreter_attack`` (seed 004),
+            ``signatures`` (seed 001) or ``detection`` (seeds 002, 004).
         model, weights, data: the model under study and its images (``layer_shift``).
         models: for ``mod_vid``: a list of ``{model, data, weights?, seed?, surrogate?}`` entries,
             one per architecture; ``surrogate`` is another such entry for black-box transfer.
@@ -51,6 +52,9 @@ class StudySpec:
             and 003) or ``clean`` (the clean image's prediction on every input: separates the
             shift of the features from the change of the explained class).
         limit: at most this many images (per data set); ``split``: ``test`` / ``train`` / None.
+        detectors: for ``detection``: ``{kind, **params}`` tables (``behavior``, ``noisecam``,
+            ``ensemble``; an ensemble with ``sets = true`` is also fitted on every interpreter subset).
+        fit_size: for ``detection``: train-split images each detector is fitted on.
     """
 
     study: str = "layer_shift"
@@ -71,6 +75,8 @@ class StudySpec:
     device: str = "cpu"
     batch_size: int = 16
     examples: int = 2
+    detectors: list[dict[str, Any]] = field(default_factory=list)
+    fit_size: int = 300
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -130,6 +136,20 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "onepixel": {"pixels": 1, "popsize": 400, "iterations": 30}},
         "limit": 32, "batch_size": 32,
     },
+    # Seed 002 (Tan et al.): adversarial perturbation amplified 25 %-400 % vs matched Gaussian noise vs clean;
+    # behaviour deviation (PCA, 50 copies), NoiseCAM + DBSCAN, and seed 004's interpretation ensemble with
+    # every interpreter subset (Tables IV-V); Gaussian-blur accuracy beside. PGD stands in for DLFuzz.
+    "seed002": {
+        "study": "detection",
+        "models": [{"model": "small_vgg_digits", "data": "digits", "split": "test"},
+                   {"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500}],
+        "attack": {"method": "pgd", "eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
+        "strengths": [0.25, 0.5, 1.0, 2.0, 4.0],
+        "detectors": [{"kind": "behavior", "copies": 50}, {"kind": "noisecam"},
+                      {"kind": "ensemble", "interpreters": ["grad", "cam", "mask"], "backbone": "pixels",
+                       "options": {"mask": {"steps": 100}}, "sets": True}],
+        "limit": 64, "fit_size": 300, "batch_size": 64,
+    },
 }
 
 
@@ -179,6 +199,11 @@ def _validate(spec: StudySpec) -> None:
         raise AdvlensError("a mod_vid study needs a 'models' list of {model, data} entries")
     if spec.batch_size < 1:
         raise AdvlensError(f"batch_size must be at least 1, got {spec.batch_size}")
+    if spec.fit_size < 8:
+        raise AdvlensError(f"fit_size must be at least 8, got {spec.fit_size}")
+    for d in spec.detectors:
+        if not isinstance(d, dict) or "kind" not in d:
+            raise AdvlensError(f"each entry of 'detectors' needs a 'kind' key, got {d!r}")
     if spec.models:
         for m in spec.models:
             if not isinstance(m, dict) or "model" not in m or "data" not in m:
