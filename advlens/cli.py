@@ -64,6 +64,8 @@ _INTERPRETATION_ATTACKS = ("adv2", "advedge", "advedge+")
 
 
 def _parse_value(text: str) -> object:
+    if "," in text:  # a list, e.g. interpreters=grad,cam
+        return [_parse_value(t.strip()) for t in text.split(",") if t.strip()]
     for cast in (int, float):
         try:
             return cast(text)
@@ -89,9 +91,16 @@ def _attack_params(args: argparse.Namespace) -> dict[str, object]:
         params = {"steps": steps, "base": args.base, "interpreter": args.interpreter}
         if args.base == "pgd":
             params.update(eps=args.eps, alpha=args.alpha or 1 / 255)
-    for item in args.param or []:
+    params.update(_param_pairs(args.param))
+    return params
+
+
+def _param_pairs(items: list[str] | None) -> dict[str, object]:
+    """``--param KEY=VALUE`` pairs as a dict (numbers, true/false and comma lists parsed)."""
+    params: dict[str, object] = {}
+    for item in items or []:
         key, sep, value = item.partition("=")
-        if not sep or not key:
+        if not sep or not key.strip():
             raise AdvlensError(f"--param takes KEY=VALUE, got {item!r}")
         params[key.strip().replace("-", "_")] = _parse_value(value.strip())
     return params
@@ -233,6 +242,10 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     sp.add_argument("--out", default="advlens-study", help="output folder (default: advlens-study)")
     sp.set_defaults(fn=_cmd_study)
+
+    from .cli_detect import add_parser as add_detect_parser
+
+    add_detect_parser(sub, common, data_args)
 
     sp = sub.add_parser("report", help="rebuild figures and report.html of a study folder from its results")
     sp.add_argument("dir", help="a study output folder")

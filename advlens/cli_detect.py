@@ -1,0 +1,150 @@
+"""``advlens detect fit|score|eval``: fit a detector on clean images, score images, evaluate on an attack.
+
+Fit uses the ``train`` split of the images, eval the ``test`` split (the fixed stratified 80/20
+split of every source), so an evaluation never scores what the detector was fitted on.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ._checks import AdvlensError
+
+__all__ = ["add_parser"]
+
+
+def _model_for(args: argparse.Namespace, path: str | None = None):
+    """``--model`` (+ ``--weights``), or the model a saved detector names in its ``.json``."""
+    import json
+
+    from .models import load_model
+
+    name = args.model
+    if path is not None and not Path(path).is_file():
+        raise AdvlensError(f"detector file not found: {path}")
+    if name is None and path is not None:
+        meta = Path(path).with_name(Path(path).name + ".json")
+        try:
+            name = json.loads(meta.read_text())["model"]
+        except (OSError, ValueError, KeyError, TypeError):
+            raise AdvlensError(f"cannot read the detector metadata {meta}; pass --model") from None
+    return load_model(name or "efficientnet_lite0", weights=args.weights, device=args.device)
+
+
+def _images(args: argparse.Namespace, model, split: str | None):
+    from .data import load_images
+
+    batch = load_images(args.images, size=model.input_size, split=None if split == "all" else split, seed=args.seed)
+    return (batch[: args.limit] if args.limit is not None else batch).to(model.device)
+
+
+def _cmd_fit(args: argparse.Namespace) -> None:
+    from .cli import _param_pairs
+    from .detect import DETECTORS, make
+
+    params = _param_pairs(args.param)
+    if "seed" in getattr(DETECTORS.get(args.detector), "params", ()):
+        params.setdefault("seed", args.seed)
+    det = make(args.detector, **params)
+    model = _model_for(args)
+    batch = _images(args, model, args.split)
+    det.fit(model, batch.x)
+    path = det.save(args.out)
+    print(f"fitted {det!r} on {len(batch)} images (threshold {det.threshold:.4g}); wrote {path} and {path}.json")
+
+
+def _cmd_score(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ._io import write_parquet
+    from .detect import load
+
+    model = _model_for(args, args.detector_file)
+    det = load(args.detector_file, model)
+    batch = _images(args, model, args.split)
+    score = det.score(batch.x).cpu()
+    rows = pd.DataFrame({"image": batch.names, "score": score.double().numpy(),
+                         "flagged": (score > det.threshold).numpy(),
+                         "pred": [model.labels[int(i)] for i in model.predict(batch.x)]})
+    print(rows.to_string(index=False))
+    if args.out:
+        write_parquet(rows, Path(args.out))
+        print(f"wrote {args.out}")
+
+
+def _cmd_eval(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from ._io import atomic_dir, write_json, write_parquet
+    from .attacks import attack, matched_noise
+    from .cli import _param_pairs
+    from .detect import load
+    from .report.detection import roc_plot
+    from .studies.detection import detection_table
+
+    model = _model_for(args, args.detector_file)
+    det = load(args.detector_file, model)
+    batch = _images(args, model, args.split)
+    params = {"eps": args.eps, "steps": args.steps, "alpha": args.alpha or args.eps / 8} if args.attack == "pgd" else {}
+    params.update(_param_pairs(args.param))
+    res = attack(model, batch.x, None, args.attack, seed=args.seed, **params)
+    inputs = {("clean", 0.0): batch.x}
+    for s in args.strengths:
+        inputs[("adversarial", s)] = (batch.x + s * (res.x_adv - batch.x)).clamp(0, 1)
+        inputs[("noise", s)] = matched_noise(batch.x, res.x_adv, strength=s, seed=args.seed)
+    rows = []
+    for (cond, s), x in inputs.items():
+        score = det.score(x).cpu()
+        rows.append(pd.DataFrame({"image": batch.names, "condition": cond, "strength": s,
+                                  "score": score.double().numpy(), "flagged": (score > det.threshold).numpy()}))
+    label = Path(args.detector_file).name
+    results = pd.concat(rows, ignore_index=True).assign(model=model.name, detector=label)
+    table = detection_table(results)
+    with atomic_dir(args.out) as tmp:
+        write_parquet(results, tmp / "results.parquet")
+        write_parquet(table, tmp / "summary.parquet")
+        write_json({"detector": str(args.detector_file), "attack": args.attack, "params": params,
+                    "attack_success": res.success_rate, "images": len(batch)}, tmp / "eval.json")
+        at1 = results[results.strength.isin([0.0, 1.0])]
+        roc_plot(tmp / "roc.png", at1, title=f"{label} on {model.name}: {args.attack} (1×) vs clean and noise")
+    print(table.drop(columns=["model"]).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    print(f"attack success {res.success_rate:.1%} on {len(batch)} held-out images; wrote {args.out}")
+
+
+def add_parser(sub, common, data_args) -> None:
+    """Register ``advlens detect`` and its three subcommands on the main parser's ``sub``."""
+    p = sub.add_parser("detect", help="fit, apply and evaluate adversarial-input detectors (seeds 002, 004)")
+    dsub = p.add_subparsers(dest="detect_command", required=True)
+
+    def shared(sp: argparse.ArgumentParser, split: str | None, out: str | None) -> None:
+        common(sp, out)
+        data_args(sp)
+        sp.set_defaults(model=None)
+        sp.add_argument("--split", default=split, choices=["train", "test", "all"],
+                        help=f"which part of the images (default: {split or 'all'}; the 80/20 split)")
+
+    sp = dsub.add_parser("fit", help="fit a detector on clean images (the train split) and save it")
+    shared(sp, "train", "advlens-detector.safetensors")
+    sp.add_argument("--detector", default="behavior", help="behavior (seed 002), noisecam (seed 002) or ensemble "
+                    "(seed 004)")
+    sp.add_argument("--param", action="append", metavar="KEY=VALUE",
+                    help="detector parameter, e.g. --param copies=50 --param interpreters=grad,cam (repeatable)")
+    sp.set_defaults(fn=_cmd_fit)
+
+    sp = dsub.add_parser("score", help="score images with a saved detector (prints and optionally writes Parquet)")
+    sp.add_argument("detector_file", help="a detector written by `advlens detect fit`")
+    shared(sp, "all", None)
+    sp.add_argument("--out", default=None, help="also write the scores to this Parquet file")
+    sp.set_defaults(fn=_cmd_score)
+
+    sp = dsub.add_parser("eval", help="TPR / TNR / ROC-AUC of a saved detector against an attack and matched noise")
+    sp.add_argument("detector_file", help="a detector written by `advlens detect fit`")
+    shared(sp, "test", "advlens-detect-eval")
+    sp.add_argument("--attack", default="pgd", help="attack method (default pgd)")
+    sp.add_argument("--eps", type=float, default=0.031, help="PGD L-inf budget (default 0.031)")
+    sp.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
+    sp.add_argument("--alpha", type=float, default=None, help="PGD step (default eps/8)")
+    sp.add_argument("--strengths", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0],
+                    help="perturbation scales (seed 002: 0.25 … 4)")
+    sp.add_argument("--param", action="append", metavar="KEY=VALUE", help="other attack parameters (repeatable)")
+    sp.set_defaults(fn=_cmd_eval)
