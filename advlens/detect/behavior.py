@@ -22,7 +22,7 @@ import torch
 from .._checks import AdvlensError
 from ..explain import explain
 from ..metrics import cosine
-from .base import Detector
+from .base import Detector, auto_batch
 
 __all__ = ["BehaviorDeviation"]
 
@@ -37,14 +37,15 @@ class BehaviorDeviation(Detector):
         copies: benign noisy copies per input (≥ 50 in the paper).
         threshold: score above which an input is flagged; None calibrates it on held-out clean images
             to the false-positive rate ``fpr`` (0.05).
-        batch_size: images per explanation pass. seed: the noise of the copies.
+        batch_size: images per explanation pass (None: by device and image size, see ``auto_batch``).
+        seed: the noise of the copies.
     """
 
     kind = "behavior"
     params = ("layer", "variance", "copies", "fpr", "batch_size", "seed")
 
     def __init__(self, layer: str | None = None, variance: float = 0.99, copies: int = 50,
-                 threshold: float | None = None, fpr: float = 0.05, batch_size: int = 256, seed: int = 0) -> None:
+                 threshold: float | None = None, fpr: float = 0.05, batch_size: int | None = None, seed: int = 0) -> None:
         super().__init__()
         if not 0 < variance <= 1:
             raise AdvlensError(f"variance must be in (0, 1], got {variance!r}")
@@ -54,7 +55,7 @@ class BehaviorDeviation(Detector):
             raise AdvlensError(f"fpr must be in (0, 1), got {fpr!r}")
         self.layer, self.variance, self.copies, self.fpr = layer, float(variance), copies, float(fpr)
         self.fixed = threshold is not None
-        self.threshold, self.batch_size, self.seed = float(threshold or 0.0), int(batch_size), int(seed)
+        self.threshold, self.batch_size, self.seed = float(threshold or 0.0), batch_size, int(seed)
 
     def _fit(self, x: torch.Tensor) -> None:
         from sklearn.decomposition import PCA
@@ -82,7 +83,7 @@ class BehaviorDeviation(Detector):
 
     def _maps(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return explain(self.model, x, "gradcam", layers=[self.layer], target=target,
-                       batch_size=self.batch_size)[self.layer]
+                       batch_size=auto_batch(x, self.batch_size))[self.layer]
 
     def _score(self, x: torch.Tensor) -> torch.Tensor:
         n, k = len(x), self.copies

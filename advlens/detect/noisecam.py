@@ -13,7 +13,7 @@ import torch
 
 from .._checks import AdvlensError
 from ..explain import explain
-from .base import Detector
+from .base import Detector, auto_batch
 
 __all__ = ["NoiseCAMDetector", "count_clusters"]
 
@@ -41,19 +41,19 @@ class NoiseCAMDetector(Detector):
         salient: normalized-map level above which a pixel counts as noise activation.
         eps, min_samples: DBSCAN radius (pixels) and neighbours (seed 002: 2 and 3).
         max_clusters: flag inputs with more clusters than this (seed 002: 3).
-        batch_size: images per explanation pass.
+        batch_size: images per explanation pass (None: by device and image size, see ``auto_batch``).
     """
 
     kind = "noisecam"
     params = ("layer", "salient", "eps", "min_samples", "max_clusters", "batch_size")
 
     def __init__(self, layer: str | None = None, salient: float = 0.5, eps: float = 2.0, min_samples: int = 3,
-                 max_clusters: int = 3, batch_size: int = 256) -> None:
+                 max_clusters: int = 3, batch_size: int | None = None) -> None:
         super().__init__()
         if not 0 <= salient < 1:
             raise AdvlensError(f"salient must be in [0, 1), got {salient!r}")
         self.layer, self.salient, self.eps, self.min_samples = layer, float(salient), float(eps), int(min_samples)
-        self.max_clusters, self.batch_size = int(max_clusters), int(batch_size)
+        self.max_clusters, self.batch_size = int(max_clusters), batch_size
         self.threshold = float(max_clusters)
 
     def _fit(self, x: torch.Tensor) -> None:
@@ -63,7 +63,7 @@ class NoiseCAMDetector(Detector):
 
     def maps(self, x: torch.Tensor) -> torch.Tensor:
         """NoiseCAM maps ``[N,H,W]`` of the probe layer (normalized, input size)."""
-        return explain(self.model, x, "noisecam", layers=[self.layer], batch_size=self.batch_size)[self.layer]
+        return explain(self.model, x, "noisecam", layers=[self.layer], batch_size=auto_batch(x, self.batch_size))[self.layer]
 
     def _score(self, x: torch.Tensor) -> torch.Tensor:
         return count_clusters(self.maps(x), self.salient, self.eps, self.min_samples)
