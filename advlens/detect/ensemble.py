@@ -177,13 +177,9 @@ class EnsembleDetector(Detector):
 
     def _backbone(self, device: torch.device):
         if self._net is None:
-            import warnings
-
             from ..models import load_model
 
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._net = load_model(self.backbone, device=str(device)).eval()
+            self._net = load_model(self.backbone, device=str(device)).eval()
         return self._net
 
     # ------------------------------------------------------------------ scoring
