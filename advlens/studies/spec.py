@@ -88,6 +88,9 @@ class StudySpec:
         """
         d = self.to_dict()
         d.pop("device")
+        if d["study"] != "detection":  # fields only detection reads: older folders stay resumable
+            d.pop("detectors")
+            d.pop("fit_size")
         return d
 
 
