@@ -76,11 +76,11 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from ._io import atomic_dir, write_json, write_parquet
-    from .attacks import attack, matched_noise
+    from .attacks import attack
     from .cli import _param_pairs
     from .detect import load
     from .report.detection import roc_plot
-    from .studies.detection import detection_table
+    from .studies.detection import detection_table, strength_inputs
 
     model = _model_for(args, args.detector_file)
     det = load(args.detector_file, model)
@@ -88,10 +88,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     params = {"eps": args.eps, "steps": args.steps, "alpha": args.alpha or args.eps / 8} if args.attack == "pgd" else {}
     params.update(_param_pairs(args.param))
     res = attack(model, batch.x, None, args.attack, seed=args.seed, **params)
-    inputs = {("clean", 0.0): batch.x}
-    for s in args.strengths:
-        inputs[("adversarial", s)] = (batch.x + s * (res.x_adv - batch.x)).clamp(0, 1)
-        inputs[("noise", s)] = matched_noise(batch.x, res.x_adv, strength=s, seed=args.seed)
+    inputs = strength_inputs(batch.x, res.x_adv, args.strengths, args.seed)
     rows = []
     for (cond, s), x in inputs.items():
         score = det.score(x).cpu()

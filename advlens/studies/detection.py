@@ -28,7 +28,7 @@ from ._common import entries, load_entry, safe_name
 from .runner import Unit
 from .spec import StudySpec
 
-__all__ = ["plan", "report", "detection_table", "blur_table", "DEFAULT_DETECTORS", "BLUR_SIGMA"]
+__all__ = ["plan", "report", "detection_table", "blur_table", "strength_inputs", "DEFAULT_DETECTORS", "BLUR_SIGMA"]
 
 #: detectors of a spec that lists none
 DEFAULT_DETECTORS = [{"kind": "behavior"}, {"kind": "noisecam"}, {"kind": "ensemble"}]
@@ -68,10 +68,7 @@ def _run(spec: StudySpec, model, batch, fit, configs) -> dict[str, Any]:
     x_fit = fit.x.to(dev)
     params = {k: v for k, v in spec.attack.items() if k != "method"}
     res = attack(model, x, y, spec.attack["method"], seed=spec.seed, **params)
-    inputs = {("clean", 0.0): x}
-    for s in spec.strengths:
-        inputs[("adversarial", s)] = (x + s * (res.x_adv - x)).clamp(0, 1)
-        inputs[("noise", s)] = matched_noise(x, res.x_adv, strength=s, seed=spec.seed)
+    inputs = strength_inputs(x, res.x_adv, spec.strengths, spec.seed)
     images = []
     for (cond, s), xi in inputs.items():
         blurred = kornia.filters.gaussian_blur2d(xi, _blur_kernel(BLUR_SIGMA), (BLUR_SIGMA, BLUR_SIGMA),
@@ -109,6 +106,16 @@ def _run(spec: StudySpec, model, batch, fit, configs) -> dict[str, Any]:
     if sets:
         out["sets"] = pd.concat(sets, ignore_index=True).assign(model=model.name)
     return out
+
+
+def strength_inputs(x: torch.Tensor, x_adv: torch.Tensor, strengths, seed: int) -> dict[tuple[str, float], torch.Tensor]:
+    """``{(condition, strength): images}``: clean at 0, and per strength s the adversarial input
+    ``x + s·(x_adv − x)`` (clamped) and matched Gaussian noise of that perturbation (seed 002 eq. 2)."""
+    inputs = {("clean", 0.0): x}
+    for s in strengths:
+        inputs[("adversarial", s)] = (x + s * (x_adv - x)).clamp(0, 1)
+        inputs[("noise", s)] = matched_noise(x, x_adv, strength=s, seed=seed)
+    return inputs
 
 
 def _blur_kernel(sigma: float) -> tuple[int, int]:
