@@ -1,0 +1,115 @@
+"""Input-transform defenses, batched on the images' device: ``fn(x [N,3,H,W] in [0,1], **params) -> same``.
+
+- ``median``: median smoothing over a ``k × k`` window (seed 004's "MS"; kornia, reflect border).
+- ``squeeze``: bit-depth squeezing to ``bits`` bits per channel (seed 004's "BS"; Xu et al.'s feature
+  squeezing: ``round(x · (2^bits − 1)) / (2^bits − 1)``).
+- ``blur``: Gaussian blur with standard deviation ``sigma`` (seed 002 reports that blur removes the
+  adversarial effect but costs clean accuracy; kornia, kernel ``2·⌈3σ⌉ + 1``, reflect border).
+- ``jpeg``: JPEG compression at ``quality`` (libjpeg through torchvision; nvjpeg on CUDA).
+- ``noise``: additive Gaussian noise of standard deviation ``sigma`` (random: the transform for which
+  an adaptive attacker uses Expectation over Transformation).
+
+:data:`TRANSFORMS` records for each whether autograd can differentiate it meaningfully and whether it
+is random; the adaptive view of a defended model (:mod:`advlens.defend.model`) uses these flags to
+pick BPDA (straight-through gradient) or EOT.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import kornia
+import torch
+
+from .._checks import AdvlensError
+
+__all__ = ["Transform", "TRANSFORMS", "median", "squeeze", "blur", "jpeg", "noise"]
+
+
+def _int(value: Any, name: str, low: int, high: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise AdvlensError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+    return value
+
+
+def _positive(value: Any, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise AdvlensError(f"{name} must be a positive number, got {value!r}")
+    return float(value)
+
+
+def median(x: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """Median over each pixel's ``k × k`` neighbourhood (odd ``k``), reflect border (scipy's ``mirror``)."""
+    k = _int(k, "k (median window)", 1, 63)
+    if k % 2 == 0:
+        raise AdvlensError(f"k (median window) must be odd, got {k}")
+    if k == 1:
+        return x
+    return kornia.filters.median_blur(x, k, border_type="reflect")
+
+
+def squeeze(x: torch.Tensor, bits: int = 4) -> torch.Tensor:
+    """Reduce every channel to ``2^bits`` levels: ``round(x · (2^bits − 1)) / (2^bits − 1)``."""
+    levels = 2 ** _int(bits, "bits", 1, 8) - 1
+    return torch.round(x * levels) / levels
+
+
+def blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
+    """Gaussian blur, kernel ``2·⌈3σ⌉ + 1`` (scipy's ``truncate=3``), reflect border."""
+    sigma = _positive(sigma, "sigma")
+    k = 2 * math.ceil(3 * sigma) + 1
+    return kornia.filters.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="reflect")
+
+
+def jpeg(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
+    """JPEG encode + decode at ``quality`` (1–100) of the 8-bit image; not differentiable.
+
+    Each image goes through :func:`torchvision.io.encode_jpeg` / ``decode_jpeg`` (libjpeg on the CPU,
+    nvjpeg on CUDA) as ``round(255 · x)``.
+    """
+    from torchvision.io import decode_jpeg, encode_jpeg
+
+    quality = _int(quality, "quality", 1, 100)
+    with torch.no_grad():
+        u8 = (x.detach() * 255).round().clamp(0, 255).to(torch.uint8)
+        data = encode_jpeg(list(u8), quality=quality)
+        out = decode_jpeg(data, device=x.device)
+    return torch.stack(out).to(x.dtype) / 255
+
+
+def noise(x: torch.Tensor, sigma: float = 0.05, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``clamp(x + sigma · ε, 0, 1)`` with ``ε ~ N(0, 1)`` drawn from ``generator``."""
+    sigma = _positive(sigma, "sigma")
+    eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return torch.clamp(x + sigma * eps, 0.0, 1.0)
+
+
+@dataclass(frozen=True)
+class Transform:
+    """A registered transform: the function, its defaults and how an adaptive attacker gets a gradient.
+
+    Attributes:
+        differentiable: autograd's gradient of ``fn`` is informative (blur, median, noise); False
+            means zero almost everywhere (squeeze) or absent (jpeg) — BPDA replaces it.
+        random: ``fn`` draws randomness (takes ``generator``) — EOT averages over draws.
+    """
+
+    name: str
+    fn: Callable[..., torch.Tensor]
+    defaults: dict[str, Any] = field(default_factory=dict)
+    differentiable: bool = True
+    random: bool = False
+
+
+TRANSFORMS: dict[str, Transform] = {
+    t.name: t
+    for t in (
+        Transform("median", median, {"k": 3}),
+        Transform("squeeze", squeeze, {"bits": 4}, differentiable=False),
+        Transform("blur", blur, {"sigma": 1.0}),
+        Transform("jpeg", jpeg, {"quality": 75}, differentiable=False),
+        Transform("noise", noise, {"sigma": 0.05}, random=True),
+    )
+}
