@@ -36,7 +36,8 @@ def list_defenses() -> list[str]:
 class InputTransform(nn.Module):
     """``x → T(x)`` with the gradient mode ``"exact"`` (autograd's) or ``"bpda"`` (straight-through)."""
 
-    def __init__(self, name: str, params: dict, gradient: str = "exact", seed: int = 0) -> None:
+    def __init__(self, name: str, params: dict, gradient: str = "exact", seed: int = 0,
+                 size: tuple[int, int] = (32, 32)) -> None:
         super().__init__()
         if name not in TRANSFORMS:
             raise unknown_name("defense", name, TRANSFORMS)
@@ -48,7 +49,8 @@ class InputTransform(nn.Module):
             raise AdvlensError(f"gradient must be 'exact' or 'bpda', got {gradient!r}")
         self.spec, self.params, self.gradient, self.seed = spec, {**spec.defaults, **params}, gradient, int(seed)
         self._gens: dict[torch.device, torch.Generator] = {}
-        spec.fn(torch.zeros(1, 3, 8, 8), **self._call_params(torch.device("cpu")))  # validate parameters now
+        spec.fn(torch.zeros(1, 3, *size), **self._call_params(torch.device("cpu")))  # validate parameters now
+        self._gens.clear()
 
     def _call_params(self, device: torch.device) -> dict:
         if not self.spec.random:
@@ -101,6 +103,9 @@ class DefendedModel(ClassifierModel):
         """Logits ``[N,C]`` of ``T(x)``; with ``samples > 1`` the mean log-probabilities over draws."""
         if self.samples == 1:
             return super().forward(self.transform(x))
+        if any(m._forward_hooks for m in self.layers.values()):
+            raise AdvlensError("the EOT view (samples > 1) only serves attacks on the prediction; "
+                               "explain the defended model itself")
         n = len(x)
         logp = super().forward(self.transform(x.repeat(self.samples, 1, 1, 1))).log_softmax(1)
         return logp.view(self.samples, n, -1).mean(0)
@@ -111,7 +116,8 @@ class DefendedModel(ClassifierModel):
         if spec.differentiable and not spec.random:
             return self
         gradient = "exact" if spec.differentiable else "bpda"
-        t = InputTransform(spec.name, {k: self.transform.params[k] for k in spec.defaults}, gradient, self.transform.seed + 1)
+        t = InputTransform(spec.name, {k: self.transform.params[k] for k in spec.defaults}, gradient,
+                           self.transform.seed + 1, self.input_size)
         return DefendedModel(self.base, t, samples if spec.random else 1)
 
 
@@ -130,4 +136,4 @@ def wrap(model: ClassifierModel, defense: str, seed: int = 0, **params) -> Defen
     """
     if not isinstance(model, ClassifierModel):
         raise AdvlensError(f"expected an advlens ClassifierModel, got {type(model).__name__}")
-    return DefendedModel(model, InputTransform(defense, params, seed=seed))
+    return DefendedModel(model, InputTransform(defense, params, seed=seed, size=model.input_size))

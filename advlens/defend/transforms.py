@@ -40,6 +40,12 @@ def _positive(value: Any, name: str) -> float:
     return float(value)
 
 
+def _fits(x: torch.Tensor, pad: int, what: str) -> None:
+    """Reflect padding needs ``pad`` < the image's height and width."""
+    if pad >= min(x.shape[-2:]):
+        raise AdvlensError(f"images of {x.shape[-2]}x{x.shape[-1]} pixels are too small for {what}")
+
+
 def median(x: torch.Tensor, k: int = 3) -> torch.Tensor:
     """Median over each pixel's ``k × k`` neighbourhood (odd ``k``), reflect border (scipy's ``mirror``)."""
     k = _int(k, "k (median window)", 1, 63)
@@ -47,6 +53,7 @@ def median(x: torch.Tensor, k: int = 3) -> torch.Tensor:
         raise AdvlensError(f"k (median window) must be odd, got {k}")
     if k == 1:
         return x
+    _fits(x, k // 2, f"a median window of {k}")
     return kornia.filters.median_blur(x, k, border_type="reflect")
 
 
@@ -60,6 +67,7 @@ def blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     """Gaussian blur, kernel ``2·⌈3σ⌉ + 1`` (scipy's ``truncate=3``), reflect border."""
     sigma = _positive(sigma, "sigma")
     k = 2 * math.ceil(3 * sigma) + 1
+    _fits(x, k // 2, f"a Gaussian blur of sigma {sigma:g} (kernel {k})")
     return kornia.filters.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="reflect")
 
 
