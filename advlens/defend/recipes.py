@@ -32,7 +32,7 @@ from ..explain.engine import capture
 from ..models.wrapper import ClassifierModel
 from .training import fit, read_checkpoint
 
-__all__ = ["retrain", "adversarial_train", "interpretation_difference", "training_data", "RETRAIN_ATTACKS"]
+__all__ = ["retrain", "adversarial_train", "interpretation_difference", "training_data", "save_model", "RETRAIN_ATTACKS"]
 
 #: seed 001's retraining attacks and their defaults (FGSM eps 0.1 = seed 003's largest; one-pixel with a
 #: smaller population than Su et al. so that attacking hundreds of training images takes CPU minutes)
@@ -51,6 +51,18 @@ def training_data(data: str) -> tuple[torch.Tensor, torch.Tensor]:
         raise unknown_name("training data", data, TRAINABLE_DATA)
     batch = load_images(data, n=_N_IMAGES.get(data), split="train", seed=0)
     return batch.x, batch.y
+
+
+def save_model(model: ClassifierModel, path: str | Path, info: dict[str, Any]) -> Path:
+    """Write a trained model as safetensors (atomically) with its labels, input size and recipe; load it
+    back with ``al.load_model("small_vgg_<data>", weights=path)``."""
+    from ..models.small_vgg import _save
+
+    path = Path(path)
+    meta = {"labels": model.labels, "input_size": list(model.input_size), "name": model.name,
+            **{k: v for k, v in info.items() if k != "extra"}}
+    _save(model.net, path, meta)
+    return path
 
 
 def _copy(model: ClassifierModel) -> ClassifierModel:
