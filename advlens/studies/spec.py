@@ -3,7 +3,7 @@
 A spec is declarative: model(s), data, attack and its parameters, strengths, explainers, layers,
 metrics, seed, device, batch size. ``study`` names the pipeline (``layer_shift`` for seed 000,
 ``mod_vid`` for seed 003, ``interpreter_attack`` for seed 004, ``signatures`` for seed 001, ``detection``
-for seeds 002 and 004).
+for seeds 002 and 004, ``defenses`` for seeds 001/002/004's defenses under plain and adaptive attacks).
 
 Example TOML::
 
@@ -28,7 +28,7 @@ from .._checks import AdvlensError, unknown_name
 
 __all__ = ["StudySpec", "load_spec", "PRESETS", "STUDIES"]
 
-STUDIES = ("layer_shift", "mod_vid", "interpreter_attack", "signatures", "detection")
+STUDIES = ("layer_shift", "mod_vid", "interpreter_attack", "signatures", "detection", "defenses")
 
 
 @dataclass
@@ -55,6 +55,9 @@ class StudySpec:
         detectors: for ``detection``: ``{kind, **params}`` tables (``behavior``, ``noisecam``,
             ``ensemble``; an ensemble with ``sets = true`` is also fitted on every interpreter subset).
         fit_size: for ``detection``: train-split images each detector is fitted on.
+        defenses: for ``defenses``: ``{kind, **params}`` tables — ``none``, an input transform (``median``,
+            ``squeeze``, ``blur``, ``jpeg``, ``noise``) or a training recipe (``retrain-fgsm``,
+            ``retrain-onepixel``, ``pgd_at``, ``robust``); ``attacks = [...]`` limits the attacks run on it.
     """
 
     study: str = "layer_shift"
@@ -77,6 +80,7 @@ class StudySpec:
     examples: int = 2
     detectors: list[dict[str, Any]] = field(default_factory=list)
     fit_size: int = 300
+    defenses: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,9 +92,11 @@ class StudySpec:
         """
         d = self.to_dict()
         d.pop("device")
-        if d["study"] != "detection":  # fields only detection reads: older folders stay resumable
+        if d["study"] not in ("detection", "defenses"):  # fields only these read: older folders stay resumable
             d.pop("detectors")
             d.pop("fit_size")
+        if d["study"] != "defenses":
+            d.pop("defenses")
         return d
 
 
@@ -153,6 +159,30 @@ PRESETS: dict[str, dict[str, Any]] = {
                        "options": {"mask": {"steps": 100}}, "sets": True}],
         "limit": 64, "fit_size": 300, "batch_size": 64,
     },
+    # Defenses (seed 001 Table 1, seed 004 Sec. VII-G / Table VI, seed 002's blur) under transfer, plain and
+    # adaptive (BPDA / EOT) attacks; explanation shift as Kendall tau of Grad-CAM.
+    "defenses": {
+        "study": "defenses",
+        "models": [{"model": "small_vgg_digits", "data": "digits", "split": "test"},
+                   {"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500}],
+        "attack": {"method": "fgsm+pgd+onepixel", "fgsm": {"eps": 0.1},
+                   "pgd": {"eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
+                   "onepixel": {"pixels": 1, "popsize": 100, "iterations": 30}, "onepixel_limit": 64, "eot": 8,
+                   "sweep": [2 / 255, 4 / 255, 6 / 255, 8 / 255, 10 / 255], "sweep_steps": 10},
+        "defenses": [
+            {"kind": "none"},
+            {"kind": "median", "k": 3, "attacks": ["fgsm", "pgd"]},
+            {"kind": "squeeze", "bits": 3, "attacks": ["fgsm", "pgd"]},
+            {"kind": "blur", "sigma": 1.0, "attacks": ["fgsm", "pgd"]},
+            {"kind": "jpeg", "quality": 75, "attacks": ["fgsm", "pgd"]},
+            {"kind": "noise", "sigma": 0.1, "attacks": ["fgsm", "pgd"]},
+            {"kind": "retrain-fgsm", "epochs": 3},
+            {"kind": "retrain-onepixel", "epochs": 3, "n_attack": 400},
+            {"kind": "pgd_at", "eps": 0.031, "steps": 5, "epochs": 3, "attacks": ["fgsm", "pgd"]},
+            {"kind": "robust", "eps": 0.031, "steps": 5, "epochs": 3, "attacks": ["fgsm", "pgd"]},
+        ],
+        "limit": 128,
+    },
 }
 
 
@@ -204,6 +234,9 @@ def _validate(spec: StudySpec) -> None:
         raise AdvlensError(f"batch_size must be at least 1, got {spec.batch_size}")
     if spec.fit_size < 8:
         raise AdvlensError(f"fit_size must be at least 8, got {spec.fit_size}")
+    for d in spec.defenses:
+        if not isinstance(d, dict) or "kind" not in d:
+            raise AdvlensError(f"each entry of 'defenses' needs a 'kind' key, got {d!r}")
     for d in spec.detectors:
         if not isinstance(d, dict) or "kind" not in d:
             raise AdvlensError(f"each entry of 'detectors' needs a 'kind' key, got {d!r}")

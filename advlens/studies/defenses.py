@@ -1,0 +1,229 @@
+"""Defenses under plain and adaptive attacks (seeds 001, 002, 004; Athalye et al. 2018 for the adaptive part).
+
+One unit per model entry × defense of ``spec.defenses`` (``{kind, **params}``; kinds: ``none``, the input
+transforms of :mod:`advlens.defend.transforms`, and the training recipes ``retrain-fgsm``,
+``retrain-onepixel`` (seed 001), ``pgd_at`` and ``robust`` (seed 004)). The defended model is attacked
+by every attack of ``spec.attack["method"]`` (``+``-separated, parameters in sub-tables) in three modes:
+
+- ``transfer``: adversarial images made against the *undefended* model (seed 001's fixed
+  "clear+fgsm_test" set, the usual non-adaptive evaluation of a preprocessing defense);
+- ``plain``: the attack run against the defended model as it is (its true, possibly masked gradient);
+- ``adaptive``: against transforms, the attack on the BPDA/EOT view (``DefendedModel.adaptive``);
+  trained defenses are already attacked white-box by ``plain``.
+
+Each row records accuracy and attack success on the defended model and the explanation shift of the
+defended model (Kendall τ and cosine between the Grad-CAM maps, CAM layer, true class, of clean and
+adversarial input). Trained defenses and ``none`` also get seed 004 Table VI's sweep: accuracy and
+Kendall τ under PGD at each ε of ``attack["sweep"]``. With ``spec.detectors``, each detector is fitted on
+train images and attacked by plain PGD and by PGD that also lowers the detector's score.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+import torch
+
+from .._checks import AdvlensError, unknown_name
+from ..attacks import attack
+from ..defend import TRANSFORMS, wrap
+from ..defend.recipes import adversarial_train, retrain
+from ..explain import explain
+from ..metrics import cosine, kendall_tau
+from ._common import entries, load_entry, safe_name
+from .runner import Unit
+from .spec import StudySpec
+
+__all__ = ["plan", "report", "TRAINED", "GRADIENT_ATTACKS", "table1", "accuracy_table"]
+
+#: training defenses: kind -> (recipe, its fixed arguments)
+TRAINED = {
+    "retrain-fgsm": (retrain, {"method": "fgsm"}),
+    "retrain-onepixel": (retrain, {"method": "onepixel"}),
+    "pgd_at": (adversarial_train, {}),
+    "robust": (adversarial_train, {"gamma": 2.0}),
+}
+GRADIENT_ATTACKS = ("fgsm", "pgd")
+DEFAULT_ATTACKS = {"fgsm": {"eps": 0.1}, "pgd": {"eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
+                   "onepixel": {"pixels": 1, "popsize": 100, "iterations": 30}}
+
+
+def _attacks(spec: StudySpec) -> dict[str, dict[str, Any]]:
+    names = [a for a in spec.attack["method"].split("+") if a]
+    for a in names:
+        if a not in DEFAULT_ATTACKS:
+            raise unknown_name("attack of a defenses study", a, DEFAULT_ATTACKS)
+    return {a: {**DEFAULT_ATTACKS[a], **spec.attack.get(a, {})} for a in names}
+
+
+def _check_defense(cfg: dict[str, Any]) -> None:
+    kind = cfg.get("kind")
+    if kind != "none" and kind not in TRANSFORMS and kind not in TRAINED:
+        raise unknown_name("defense", kind, ["none", *TRANSFORMS, *TRAINED])
+
+
+def plan(spec: StudySpec) -> list[Unit]:
+    """One unit per model entry × defense (``none`` first, added when missing)."""
+    attacks = _attacks(spec)
+    configs = [dict(c) for c in spec.defenses]
+    if not any(c.get("kind") == "none" for c in configs):
+        configs.insert(0, {"kind": "none"})
+    for c in configs:
+        _check_defense(c)
+    units = []
+    for mi, entry in enumerate(entries(spec)):
+        if entry.get("split") != "test":
+            raise AdvlensError(f"a defenses study evaluates split 'test' (training uses 'train'); set split = 'test' "
+                               f"in the entry of {entry['model']!r}")
+        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed)
+        memo: dict[str, torch.Tensor] = {}  # transfer examples, made once per entry
+        for di, cfg in enumerate(configs):
+            key = f"{mi:02d}-{safe_name(model.name)}-{di:02d}-{safe_name(cfg['kind'])}"
+            units.append(Unit(key, lambda m=model, b=batch, c=cfg, e=entry, mm=memo: _run(spec, attacks, m, b, c, e, mm)))
+    return units
+
+
+def _defended(spec: StudySpec, model, cfg: dict[str, Any], data: str):
+    kind, params = cfg["kind"], {k: v for k, v in cfg.items() if k not in ("kind", "attacks")}
+    if kind == "none":
+        return model, {}
+    if kind in TRANSFORMS:
+        return wrap(model, kind, seed=spec.seed, **params), {}
+    fn, fixed = TRAINED[kind]
+    trained, info = fn(model, data, seed=spec.seed, **{**fixed, **params})
+    return trained, {"train_s": info["seconds"], "n_adversarial": info.get("n_adversarial")}
+
+
+def _shift(model, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Kendall τ and cosine ``[N]`` between the defended model's Grad-CAM maps of clean and adversarial input."""
+    layer = model.cam_layer or list(model.layers)[-1]
+    a = explain(model, x, "gradcam", layers=[layer], target=y)[layer]
+    b = explain(model, x_adv, "gradcam", layers=[layer], target=y)[layer]
+    return kendall_tau(a, b).cpu().tolist(), cosine(a, b).cpu().tolist()
+
+
+def _run(spec: StudySpec, attacks, model, batch, cfg, entry, memo) -> dict[str, Any]:
+    dev = model.device
+    x, y = batch.x.to(dev), batch.y.to(dev)
+    start = time.perf_counter()
+    defended, info = _defended(spec, model, cfg, entry["data"])
+    kind = cfg["kind"]
+    transform = kind in TRANSFORMS
+    eot = int(spec.attack.get("eot", 8))
+    rows, names = [], list(batch.names)
+    clean_acc = float((defended.predict(x) == y).float().mean())
+    for name in cfg.get("attacks", list(attacks)):
+        if name not in attacks:
+            raise unknown_name(f"attack of defense {kind!r}", name, attacks)
+        params, n = attacks[name], min(len(x), int(spec.attack.get(f"{name}_limit", len(x))))
+        xs, ys = x[:n], y[:n]
+        modes = {}
+        if kind != "none":
+            if name not in memo:
+                memo[name] = attack(model, xs, ys, name, seed=spec.seed, **params).x_adv
+            modes["transfer"] = memo[name][:n]
+        modes["plain"] = attack(defended, xs, ys, name, seed=spec.seed, **params).x_adv
+        view = defended.adaptive(eot) if transform else defended
+        if name in GRADIENT_ATTACKS and view is not defended:
+            modes["adaptive"] = attack(view, xs, ys, name, seed=spec.seed, **params).x_adv
+        for mode, x_adv in modes.items():
+            pred = defended.predict(x_adv)
+            tau, cos = _shift(defended, xs, x_adv, ys)
+            rows.append(pd.DataFrame({"image": names[:n], "attack": name, "mode": mode, "correct": (pred == ys).cpu(),
+                                      "tau": tau, "cosine": cos}))
+    out = {"results": pd.concat(rows, ignore_index=True).assign(model=model.name, defense=_label(cfg), kind=kind,
+                                                                clean_accuracy=clean_acc),
+           "defenses": pd.DataFrame([{"model": model.name, "defense": _label(cfg), "kind": kind,
+                                      "clean_accuracy": clean_acc, "seconds": time.perf_counter() - start, **info}])}
+    if kind == "none" or kind in TRAINED:
+        out["sweep"] = _sweep(spec, defended, x, y).assign(model=model.name, defense=_label(cfg))
+    return out
+
+
+def _sweep(spec: StudySpec, model, x: torch.Tensor, y: torch.Tensor) -> pd.DataFrame:
+    """Seed 004 Table VI: accuracy and Kendall τ (clean vs PGD Grad-CAM) at each ε of the sweep."""
+    rows = []
+    steps = int(spec.attack.get("sweep_steps", 10))
+    for eps in spec.attack.get("sweep", [2 / 255, 4 / 255, 8 / 255]):
+        x_adv = attack(model, x, y, "pgd", eps=eps, alpha=2.5 * eps / steps, steps=steps, seed=spec.seed).x_adv
+        tau, _ = _shift(model, x, x_adv, y)
+        rows.append({"eps": float(eps), "accuracy": float((model.predict(x_adv) == y).float().mean()),
+                     "tau": float(torch.tensor(tau).mean())})
+    return pd.DataFrame(rows)
+
+
+def _label(cfg: dict[str, Any]) -> str:
+    params = ",".join(f"{k}={v}" for k, v in cfg.items() if k not in ("kind", "attacks"))
+    return cfg["kind"] + (f"({params})" if params else "")
+
+
+def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per model × defense × attack: clean accuracy and accuracy / mean τ per mode (transfer, plain, adaptive)."""
+    g = results.groupby(["model", "defense", "attack", "mode"], sort=False)
+    long = g.agg(accuracy=("correct", "mean"), tau=("tau", "mean"), clean=("clean_accuracy", "first")).reset_index()
+    wide = long.pivot_table(index=["model", "defense", "attack", "clean"], columns="mode",
+                            values=["accuracy", "tau"], sort=False)
+    order = [(v, m) for v in ("accuracy", "tau") for m in ("transfer", "plain", "adaptive") if (v, m) in wide.columns]
+    wide = wide[order]
+    wide.columns = [f"{v}_{m}" for v, m in order]
+    return wide.reset_index().rename(columns={"clean": "clean_accuracy"})
+
+
+def table1(results: pd.DataFrame) -> pd.DataFrame:
+    """Seed 001 Table 1: accuracy on clear_test and on clear + the adversarial test set made against the
+    clean model (the union, as in the paper) for the clean model and the retrained ("immune") models."""
+    rows = []
+    for (model, defense, kind), g in results.groupby(["model", "defense", "kind"], sort=False):
+        if kind not in ("none", "retrain-fgsm", "retrain-onepixel"):
+            continue
+        row = {"model": model, "defense": defense, "clear_test": g.clean_accuracy.iloc[0]}
+        for a, col in (("fgsm", "clear+fgsm_test"), ("onepixel", "clear+OP_test")):
+            sel = g[(g.attack == a) & (g["mode"] == ("plain" if kind == "none" else "transfer"))]
+            if len(sel):
+                row[col] = (g.clean_accuracy.iloc[0] + sel.correct.mean()) / 2
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def report(out, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str, torch.Tensor]):
+    from ..report import Section, bar_plot, write_report
+
+    figs = out / "figures"
+    res = tables["results"]
+    acc = accuracy_table(res)
+    long = res.assign(group=res.attack + " · " + res["mode"])
+    f_acc = [bar_plot(figs / f"accuracy_{safe_name(m)}.png", g, x="defense", y="correct", hue="group",
+                      title=f"{m}: accuracy of the defended model under attack", ylabel="accuracy", errorbars=False)
+             for m, g in long.groupby("model", sort=False)]
+    f_tau = [bar_plot(figs / f"tau_{safe_name(m)}.png", g, x="defense", y="tau", hue="group",
+                      title=f"{m}: explanation shift (Kendall τ, clean vs adversarial Grad-CAM)", errorbars=False)
+             for m, g in long.groupby("model", sort=False)]
+    sections = [
+        Section("Accuracy and explanation shift per defense × attack",
+                "Accuracy of each defended model on clean test images and under each attack: 'transfer' = examples "
+                "made against the undefended model, 'plain' = the attack run on the defended model as it is, "
+                "'adaptive' = BPDA (non-differentiable transforms) or EOT (random transforms). τ is the Kendall rank "
+                "correlation of the defended model's Grad-CAM of clean and adversarial input (1 = unchanged).",
+                [*f_acc, *f_tau], [acc, tables["defenses"]]),
+    ]
+    t1 = table1(res)
+    if len(t1):
+        sections.append(Section("Seed 001 Table 1", "Accuracy on the clean test set and on the clean + adversarial "
+                                "test set (adversarial images made against the clean model) for the clean and the "
+                                "retrained ('immune') models. Paper (cats/dogs): 85.80 / 58.37 / 64.62; FGSM immune "
+                                "84.15; one-pixel immune 86.09 %.", [], [t1]))
+    if "sweep" in tables:
+        sw = tables["sweep"]
+        f_sw = [bar_plot(figs / f"sweep_{safe_name(m)}.png", g.assign(eps=g.eps.map(lambda e: f"{e * 255:.0f}/255")),
+                         x="eps", y=col, hue="defense", title=f"{m}: {col} under PGD by ε (seed 004 Table VI)",
+                         errorbars=False) for m, g in sw.groupby("model", sort=False) for col in ("accuracy", "tau")]
+        sections.append(Section("Seed 004 Table VI", "Accuracy and Kendall τ of Grad-CAM (clean vs PGD) per ε for the "
+                                "normally trained model and the adversarially / interpretation-robustly trained ones.",
+                                f_sw, [sw]))
+    if "detectors" in tables:
+        sections.append(Section("Detectors under a detector-aware attack", "Each detector's detection rate and the "
+                                "attack's success under plain PGD and under PGD that also lowers the detector's "
+                                "score.", [], [tables["detectors"]]))
+    return write_report(out / "report.html", "advlens study: defenses (seeds 001, 002, 004)", sections,
+                        meta["spec"], meta.get("versions", {}))
