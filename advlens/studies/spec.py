@@ -167,7 +167,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                    {"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500}],
         "attack": {"method": "fgsm+pgd+onepixel", "fgsm": {"eps": 0.1},
                    "pgd": {"eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
-                   "onepixel": {"pixels": 1, "popsize": 100, "iterations": 30}, "onepixel_limit": 64, "eot": 8,
+                   "onepixel": {"pixels": 1, "popsize": 50, "iterations": 20}, "onepixel_limit": 32, "eot": 8,
                    "sweep": [2 / 255, 4 / 255, 6 / 255, 8 / 255, 10 / 255], "sweep_steps": 10},
         "defenses": [
             {"kind": "none"},
@@ -177,7 +177,7 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"kind": "jpeg", "quality": 75, "attacks": ["fgsm", "pgd"]},
             {"kind": "noise", "sigma": 0.1, "attacks": ["fgsm", "pgd"]},
             {"kind": "retrain-fgsm", "epochs": 3},
-            {"kind": "retrain-onepixel", "epochs": 3, "n_attack": 400},
+            {"kind": "retrain-onepixel", "epochs": 3, "n_attack": 300, "popsize": 50, "iterations": 20},
             {"kind": "pgd_at", "eps": 0.031, "steps": 5, "epochs": 3, "attacks": ["fgsm", "pgd"]},
             {"kind": "robust", "eps": 0.031, "steps": 5, "epochs": 3, "attacks": ["fgsm", "pgd"]},
         ],
