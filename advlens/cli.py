@@ -246,6 +246,9 @@ def _parser() -> argparse.ArgumentParser:
     from .cli_detect import add_parser as add_detect_parser
 
     add_detect_parser(sub, common, data_args)
+    from .cli_defend import add_parser as add_defend_parser
+
+    add_defend_parser(sub, common, data_args)
 
     sp = sub.add_parser("report", help="rebuild figures and report.html of a study folder from its results")
     sp.add_argument("dir", help="a study output folder")

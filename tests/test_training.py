@@ -47,7 +47,9 @@ def test_training_resumes_from_its_checkpoint_to_the_same_weights(digits_model, 
     for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), k
     with pytest.raises(AdvlensError, match="another training run"):
-        retrain(digits_model, "digits", "fgsm", checkpoint=ckpt, n_attack=64, epochs=3, seed=3)
+        retrain(digits_model, "digits", "fgsm", checkpoint=ckpt, n_attack=64, epochs=2, seed=4)
+    _, longer = retrain(digits_model, "digits", "fgsm", checkpoint=ckpt, n_attack=64, epochs=3, seed=3)
+    assert longer["resumed_from"] == 2 and longer["epochs"] == 3  # more epochs continue the same run
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(AdvlensError, match="cannot read training checkpoint"):

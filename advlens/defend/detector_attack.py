@@ -28,7 +28,7 @@ from ..explain.api import LAYER_METHODS
 from ..explain.engine import check_model
 from ..metrics import cosine
 
-__all__ = ["DIFFERENTIABLE_INTERPRETERS", "soft_decision", "differentiable_score", "detector_attack"]
+__all__ = ["DIFFERENTIABLE_INTERPRETERS", "detector_attack", "differentiable_score", "soft_decision"]
 
 #: interpreters whose maps ``explain(..., create_graph=True)`` differentiates w.r.t. the input
 #: (MASK is an optimisation, RTS a separately trained masker: not attacked here)
@@ -115,7 +115,7 @@ def _behavior_score(det: BehaviorDeviation, x: torch.Tensor) -> torch.Tensor:
         h_cd = det._maps(xcd, target)
         h_g = det._maps(copies, target.repeat(k)).view(k, n, *h_cd.shape[1:])
         d_g = cosine(h_cd.expand(k, *h_cd.shape).flatten(0, 1), h_g.flatten(0, 1)).view(k, n)
-    kw = dict(layers=[det.layer], target=target, create_graph=True, batch_size=bs)
+    kw = {"layers": [det.layer], "target": target, "create_graph": True, "batch_size": bs}
     h_c = explain(det.model, xc, "gradcam", **kw)[det.layer]
     h_o = explain(det.model, x, "gradcam", **kw)[det.layer]
     d_o = cosine(h_c, h_o)
@@ -133,12 +133,12 @@ def _ensemble_score(det: EnsembleDetector, x: torch.Tensor, temperature: float) 
     return torch.sigmoid(soft_decision(det.state, det.features(maps), temperature)).float()
 
 
-def differentiable_score(detector: Detector, x: torch.Tensor, temperature: float = 0.05) -> torch.Tensor:
+def differentiable_score(detector: Detector, x: torch.Tensor, temperature: float = 0.02) -> torch.Tensor:
     """Differentiable surrogate ``[N]`` of ``detector.score(x)`` (higher = more adversarial) for images
     ``x`` ``[N,3,H,W]`` in [0,1] (set ``x.requires_grad_()`` to differentiate it).
 
-    ``temperature`` softens the ensemble's boosted trees (feature units; 1e-6 reproduces the hard
-    score); the behaviour detector's value equals its score. Other detectors (NoiseCAM's DBSCAN count),
+    ``temperature`` softens the ensemble's boosted trees (feature units; 1e-9, below the pooled maps'
+    float32 resolution, reproduces the hard score); the behaviour detector's value equals its score. Other detectors (NoiseCAM's DBSCAN count),
     the efficientnet backbone and MASK / RTS interpreters raise :class:`AdvlensError`.
     """
     _check_supported(detector)
@@ -153,7 +153,7 @@ def differentiable_score(detector: Detector, x: torch.Tensor, temperature: float
 
 def detector_attack(model, detector: Detector, x: torch.Tensor, y: torch.Tensor | None, *, weight: float = 1.0,
                     eps: float = 0.031, alpha: float | None = None, steps: int = 20, seed: int = 0,
-                    temperature: float = 0.05, gate: bool = True) -> AttackResult:
+                    temperature: float = 0.02, gate: bool = True) -> AttackResult:
     """Adaptive PGD against ``model`` and ``detector`` (Carlini & Wagner 2017, adaptive attacks on detectors).
 
     Ascends ``CE(model(x'), y) − weight · g · differentiable_score(detector, x')`` by L∞ PGD (random
@@ -161,7 +161,8 @@ def detector_attack(model, detector: Detector, x: torch.Tensor, y: torch.Tensor 
     while the detector's score (seed 002's behaviour deviation, seed 004's interpretation ensemble) is
     kept low. With ``gate`` (default) ``g`` is 1 for images the model already misclassifies and 0 for
     the others (first fool, then hide, as C&W's hinge does); ``gate=False`` penalises every image,
-    which on digits mostly stops the attack from fooling at all (see tests/test_detector_attack.py).
+    which on digits mostly stops the attack from fooling at all (64 test digits, weight 1: the
+    ensemble's fooling rate drops to 17 %, the behaviour detector's to 0 %; gated: 100 % and 77 %).
 
     Shape: ``x`` ``[N,3,H,W]`` in [0,1], ``y`` ``[N]`` (None: clean predictions) → ``x_adv`` same shape,
     ``‖x_adv − x‖∞ ≤ eps``. ``params`` records ``method="pgd+detector"``, ``detector`` and ``weight``.
@@ -171,7 +172,6 @@ def detector_attack(model, detector: Detector, x: torch.Tensor, y: torch.Tensor 
     eps = check_number(eps, "eps")
     steps = check_count(steps, "steps")
     alpha = 2.5 * eps / steps if alpha is None else alpha
-
     y_ref = check_model(model).predict(x) if y is None else torch.as_tensor(y, device=x.device)
 
     def loss_fn(xa: torch.Tensor, logits: torch.Tensor, maps: object) -> torch.Tensor:

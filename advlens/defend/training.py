@@ -5,8 +5,8 @@
 the model's state dict (``model.*``), Adam's state tensors (``optim.<param>.<name>``), the batch
 generator's state (``rng``), any ``extra`` tensors the recipe wants back on resume (``extra.*``, e.g.
 the adversarial examples it trained on) and JSON metadata (epoch, optimizer groups, the recipe).
-Given the same checkpoint path again, :func:`fit` restores all of it and continues from the next
-epoch; every batch's ``seed`` derives from ``(seed, epoch, batch)``, so an interrupted and resumed
+Given the same checkpoint path again (and the same recipe; only ``epochs`` may grow), :func:`fit`
+restores all of it and continues from the next epoch; every batch's ``seed`` derives from ``(seed, epoch, batch)``, so an interrupted and resumed
 run ends with the same weights as an uninterrupted one. Nothing is pickled.
 """
 from __future__ import annotations
@@ -69,7 +69,8 @@ def _save(path: Path, model: ClassifierModel, opt: torch.optim.Optimizer, gen: t
 def _restore(path: Path, model: ClassifierModel, opt: torch.optim.Optimizer, gen: torch.Generator,
              recipe: dict[str, Any]) -> tuple[int, dict[str, torch.Tensor]]:
     tensors, meta = read_checkpoint(path)
-    if meta.get("recipe") != json.loads(json.dumps(recipe)):
+    same = {k: v for k, v in json.loads(json.dumps(recipe)).items() if k != "epochs"}
+    if {k: v for k, v in (meta.get("recipe") or {}).items() if k != "epochs"} != same:
         raise AdvlensError(f"checkpoint {path} belongs to another training run ({meta.get('recipe')}); "
                            "use another --checkpoint path or remove it")
     dev = model.device

@@ -181,7 +181,8 @@ PRESETS: dict[str, dict[str, Any]] = {
             {"kind": "pgd_at", "eps": 0.031, "steps": 5, "epochs": 3, "attacks": ["fgsm", "pgd"]},
             {"kind": "robust", "eps": 0.031, "steps": 5, "epochs": 3, "attacks": ["fgsm", "pgd"]},
         ],
-        "limit": 128,
+        "detectors": [{"kind": "behavior", "copies": 20}, {"kind": "ensemble", "interpreters": ["grad", "cam"]}],
+        "limit": 128, "fit_size": 300,
     },
 }
 
