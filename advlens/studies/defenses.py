@@ -225,7 +225,8 @@ def report(out, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str,
     figs = out / "figures"
     res = tables["results"]
     acc = accuracy_table(res)
-    long = res.assign(group=res.attack + " · " + res["mode"])
+    order = [f"{a} · {m}" for a in pd.unique(res.attack) for m in ("transfer", "plain", "adaptive")]
+    long = res.assign(group=pd.Categorical(res.attack + " · " + res["mode"], categories=order))
     f_acc = [bar_plot(figs / f"accuracy_{safe_name(m)}.png", g, x="defense", y="correct", hue="group",
                       title=f"{m}: accuracy of the defended model under attack", ylabel="accuracy", errorbars=False)
              for m, g in long.groupby("model", sort=False)]

@@ -164,7 +164,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "defenses": {
         "study": "defenses",
         "models": [{"model": "small_vgg_digits", "data": "digits", "split": "test"},
-                   {"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500}],
+                   {"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500},
+                   {"model": "small_vgg_lfw", "data": "lfw", "split": "test"}],
         "attack": {"method": "fgsm+pgd+onepixel", "fgsm": {"eps": 0.1},
                    "pgd": {"eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
                    "onepixel": {"pixels": 1, "popsize": 50, "iterations": 20}, "onepixel_limit": 32, "eot": 8,
