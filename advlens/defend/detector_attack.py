@@ -104,13 +104,8 @@ def _behavior_score(det: BehaviorDeviation, x: torch.Tensor) -> torch.Tensor:
     n, k, bs = len(x), det.copies, auto_batch(x, det.batch_size)
     xc = det.clean(x)
     with torch.no_grad():  # benign copies: same draw as BehaviorDeviation._score, constants here
-        xd, xcd = x.detach(), xc.detach()
-        noise = xd - xcd
-        mu = noise.mean(dim=(1, 2, 3), keepdim=True)
-        sd = noise.std(dim=(1, 2, 3), keepdim=True)
-        gen = torch.Generator(device=x.device).manual_seed(det.seed)
-        eps = torch.randn((k, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
-        copies = (xcd.unsqueeze(0) + mu + sd * eps).clamp(0, 1).reshape(k * n, *x.shape[1:])
+        xcd = xc.detach()
+        copies = det.benign_copies(x.detach(), xcd)
         target = det.model(xcd).argmax(1)
         h_cd = det._maps(xcd, target)
         h_g = det._maps(copies, target.repeat(k)).view(k, n, *h_cd.shape[1:])

@@ -85,15 +85,20 @@ class BehaviorDeviation(Detector):
         return explain(self.model, x, "gradcam", layers=[self.layer], target=target,
                        batch_size=auto_batch(x, self.batch_size))[self.layer]
 
-    def _score(self, x: torch.Tensor) -> torch.Tensor:
-        n, k = len(x), self.copies
-        xc = self.clean(x)
+    def benign_copies(self, x: torch.Tensor, xc: torch.Tensor) -> torch.Tensor:
+        """Steps 2–3: ``copies`` Gaussian images ``I_c + N(mean(I_n), std(I_n))`` per input, ``[copies·N,3,H,W]``
+        (copy-major), from ``x`` and its cleaning ``xc`` (both ``[N,3,H,W]``); seeded by ``seed``."""
         noise = x - xc
         mu = noise.mean(dim=(1, 2, 3), keepdim=True)
         sd = noise.std(dim=(1, 2, 3), keepdim=True)
         gen = torch.Generator(device=x.device).manual_seed(self.seed)
-        eps = torch.randn((k, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
-        copies = (xc.unsqueeze(0) + mu + sd * eps).clamp(0, 1).reshape(k * n, *x.shape[1:])
+        eps = torch.randn((self.copies, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
+        return (xc.unsqueeze(0) + mu + sd * eps).clamp(0, 1).flatten(0, 1)
+
+    def _score(self, x: torch.Tensor) -> torch.Tensor:
+        n, k = len(x), self.copies
+        xc = self.clean(x)
+        copies = self.benign_copies(x, xc)
         with torch.no_grad():
             target = self.model(xc).argmax(1)
         h_c = self._maps(xc, target)
