@@ -280,3 +280,22 @@ def test_the_eot_view_refuses_explanations(digits_model, xy):
     x, _ = xy
     with pytest.raises(AdvlensError, match="EOT view"):
         al.explain(wrap(digits_model, "noise").adaptive(3), x[:4], "gradcam")
+
+
+def test_a_study_and_a_detector_run_against_a_defended_model(tmp_path, digits_model, xy):
+    import pandas as pd
+
+    from advlens.detect import BehaviorDeviation
+    from advlens.studies.runner import run_study
+    from advlens.studies.spec import load_spec
+
+    x, _ = xy
+    det = BehaviorDeviation(copies=4).fit(wrap(digits_model, "median", k=3), x[:40])
+    assert torch.isfinite(det.score(x[:4])).all()
+    entry = {"model": "small_vgg_digits", "data": "digits", "split": "test", "defense": {"kind": "squeeze", "bits": 3}}
+    spec = load_spec(preset="seed003", limit=4, batch_size=4, strengths=[0.1], models=[entry])
+    run_study(spec, tmp_path / "mv", progress=False)
+    imgs = pd.read_parquet(tmp_path / "mv" / "images.parquet")
+    assert imgs.correct.all()  # FGSM's gradient through bit squeezing is zero: the masked defense looks perfect
+    with pytest.raises(AdvlensError, match="needs a 'kind' key"):
+        run_study(load_spec(preset="seed003", models=[{**entry, "defense": {"bits": 3}}]), tmp_path / "x", progress=False)

@@ -8,6 +8,7 @@ import pandas as pd
 import torch
 
 from .. import metrics as M
+from .._checks import AdvlensError
 from ..data import ImageBatch, load_images
 from ..explain import explain_many
 from ..models import ClassifierModel, load_model
@@ -20,7 +21,10 @@ SIMILARITIES = {"cosine": M.cosine, "nissim": M.nissim, "ssim": M.ssim, "l1": M.
 
 
 def load_entry(entry: dict[str, Any], device: str, limit: int | None, seed: int) -> tuple[ClassifierModel, ImageBatch]:
-    """Model and images of one ``{model, data, weights?, seed?, split?, n?}`` entry, at the model's size.
+    """Model and images of one ``{model, data, weights?, seed?, split?, n?, defense?}`` entry, at the model's size.
+
+    ``defense`` (``{kind, **params}``, e.g. ``{kind = "median", k = 3}``) puts the model behind that input
+    transform (:func:`advlens.defend.wrap`), so any study runs against the defended model.
 
     ``n`` is passed to :func:`~advlens.data.load_images` (for ``shapes``: the size of the generated
     set, so its test split matches the one the model was trained beside); ``limit`` then keeps
@@ -28,6 +32,13 @@ def load_entry(entry: dict[str, Any], device: str, limit: int | None, seed: int)
     """
     kw = {"seed": entry["seed"]} if "seed" in entry else {}
     model = load_model(entry["model"], weights=entry.get("weights"), device=device, **kw)
+    if entry.get("defense"):  # {kind, **params}: the study runs against the model behind that input transform
+        from ..defend import wrap
+
+        d = dict(entry["defense"])
+        if "kind" not in d:
+            raise AdvlensError(f"the defense of {entry['model']!r} needs a 'kind' key, got {entry['defense']!r}")
+        model = wrap(model, d.pop("kind"), seed=seed, **d)
     n = entry.get("n", None if entry.get("split") else limit)
     batch = load_images(entry["data"], size=model.input_size, n=n, split=entry.get("split"), seed=seed)
     if limit is not None:
