@@ -13,7 +13,7 @@ from PIL import Image
 import advlens as al
 from advlens._checks import AdvlensError
 from advlens.defend import DefendedModel, list_defenses, wrap
-from advlens.defend.transforms import blur, jpeg, median, noise, squeeze
+from advlens.defend.transforms import blur, jpeg, jpeg_surrogate, median, noise, squeeze
 
 SHAPES = [(7, 9), (12, 11), (16, 16)]  # odd sizes included; > the largest pad (5, blur sigma 1.5)
 EPS, ALPHA, STEPS = 0.031, 0.031 / 8, 20
@@ -206,7 +206,10 @@ def test_masked_gradient_is_beaten_by_bpda(digits_model, xy, name, params):
     (g_bpda,) = torch.autograd.grad(F.cross_entropy(a(xa), y), xa)
     t = d.transform(x).detach().requires_grad_(True)
     (g_ref,) = torch.autograd.grad(F.cross_entropy(digits_model(t), y), t)
-    assert torch.allclose(g_bpda, g_ref, atol=1e-7) and g_bpda.abs().max() > 0  # straight-through at T(x)
+    if name == "jpeg":  # BPDA through kornia's differentiable JPEG: the loss gradient at T(x), pulled back by it
+        xs = x.clone().requires_grad_(True)
+        (g_ref,) = torch.autograd.grad(jpeg_surrogate(xs, 75), xs, grad_outputs=g_ref)
+    assert torch.allclose(g_bpda, g_ref, atol=1e-7) and g_bpda.abs().max() > 0  # squeeze: straight-through
 
     clean = _acc(d, x, y)
     plain = al.attack(d, x, y, method="pgd", eps=EPS, alpha=ALPHA, steps=STEPS, seed=0)
@@ -214,14 +217,10 @@ def test_masked_gradient_is_beaten_by_bpda(digits_model, xy, name, params):
     for res in (plain, bpda):
         _in_ball(res.x_adv, x)
     acc_plain, acc_bpda = _acc(d, plain.x_adv, y), _acc(d, bpda.x_adv, y)
-    # measured on 64 images: clean 1.00 for both; squeeze plain 1.00 → BPDA 0.16; jpeg plain 1.00 → BPDA 0.89
-    # (the undefended model on jpeg's BPDA images: 0.23 — JPEG undoes much of the perturbation)
+    # measured on 64 images: clean 1.00 for both; squeeze plain 1.00 → BPDA 0.16; jpeg plain 1.00 → BPDA 0.66
+    # (0.92 with a straight-through backward: the differentiable-JPEG surrogate is the stronger BPDA)
     assert acc_plain >= clean - 0.05, (clean, acc_plain)
-    if name == "squeeze":
-        assert acc_bpda <= acc_plain - 0.5, (acc_plain, acc_bpda)
-    else:
-        assert acc_bpda < acc_plain, (acc_plain, acc_bpda)
-        assert _acc(digits_model, bpda.x_adv, y) <= 0.6
+    assert acc_bpda <= acc_plain - (0.5 if name == "squeeze" else 0.2), (acc_plain, acc_bpda)
 
 
 def test_eot_beats_plain_pgd_against_random_noise(digits_model, xy):

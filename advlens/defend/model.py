@@ -8,8 +8,9 @@ because the gradient is masked).
 
 ``defended.adaptive()`` is the honest attacker's view of the same model (Athalye et al., 2018):
 
-- non-differentiable transforms get BPDA: the forward is the real transform, the backward the
-  identity (``x + (T(x) − x).detach()``);
+- non-differentiable transforms get BPDA: the forward is the real transform, the backward that of a
+  differentiable approximation ``g`` (``g(x) + (T(x) − g(x)).detach()``): kornia's differentiable JPEG
+  for JPEG, the identity (straight-through) for bit squeezing;
 - random transforms get EOT: the forward runs ``samples`` draws as one batch and returns the mean
   of their log-probabilities, so the cross-entropy an attack differentiates is the expectation of
   the per-draw cross-entropies, and its gradient the EOT gradient.
@@ -34,7 +35,7 @@ def list_defenses() -> list[str]:
 
 
 class InputTransform(nn.Module):
-    """``x → T(x)`` with the gradient mode ``"exact"`` (autograd's) or ``"bpda"`` (straight-through)."""
+    """``x → T(x)`` with the gradient mode ``"exact"`` (autograd's) or ``"bpda"`` (the surrogate's, or straight-through)."""
 
     def __init__(self, name: str, params: dict, gradient: str = "exact", seed: int = 0,
                  size: tuple[int, int] = (32, 32)) -> None:
@@ -67,7 +68,10 @@ class InputTransform(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.spec.fn(x, **self._call_params(x.device))
         if self.gradient == "bpda":
-            return x + (out - x).detach()
+            if self.spec.surrogate is None:
+                return x + (out - x).detach()
+            approx = self.spec.surrogate(x, **self.params)
+            return approx + (out - approx).detach()
         if not out.requires_grad and x.requires_grad:  # no autograd path (jpeg): a zero gradient, not an error
             return out + 0 * x
         return out
