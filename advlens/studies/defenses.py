@@ -13,7 +13,7 @@ by every attack of ``spec.attack["method"]`` (``+``-separated, parameters in sub
 
 Each row records accuracy and attack success on the defended model and the explanation shift of the
 defended model (Kendall τ and cosine between the Grad-CAM maps, CAM layer, true class, of clean and
-adversarial input). Trained defenses and ``none`` also get seed 004 Table VI's sweep: accuracy and
+adversarial input; τ is undefined — NaN, left out of means — where the adversarial map vanishes). Trained defenses and ``none`` also get seed 004 Table VI's sweep: accuracy and
 Kendall τ under PGD at each ε of ``attack["sweep"]``. With ``spec.detectors``, each detector is fitted on
 train images (``fit_size``) and attacked by plain PGD and by PGD that also lowers the detector's score
 (:func:`advlens.defend.detector_attack.detector_attack`; a detector entry's ``weight`` scales that term).
@@ -182,7 +182,7 @@ def _sweep(spec: StudySpec, model, x: torch.Tensor, y: torch.Tensor) -> pd.DataF
         x_adv = attack(model, x, y, "pgd", eps=eps, alpha=2.5 * eps / steps, steps=steps, seed=spec.seed).x_adv
         tau, _ = _shift(model, x, x_adv, y)
         rows.append({"eps": float(eps), "accuracy": float((model.predict(x_adv) == y).float().mean()),
-                     "tau": float(torch.tensor(tau).mean())})
+                     "tau": float(torch.tensor(tau).nanmean())})  # NaN: a constant (vanished) map
     return pd.DataFrame(rows)
 
 
