@@ -191,6 +191,14 @@ def _label(cfg: dict[str, Any]) -> str:
     return cfg["kind"] + (f"({params})" if params else "")
 
 
+def _short_labels(res: pd.DataFrame) -> pd.Series:
+    """Figure labels: a trained defense by its kind alone (its budget parameters are in the tables) unless
+    two defenses of one model share the kind."""
+    short = res.defense.where(~res.kind.isin(list(TRAINED)), res.kind)
+    clash = (res.assign(s=short).groupby(["model", "s"]).defense.transform("nunique") > 1)
+    return short.where(~clash, res.defense)
+
+
 def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
     """Per model × defense × attack: clean accuracy and accuracy / mean τ per mode (transfer, plain, adaptive)."""
     g = results.groupby(["model", "defense", "attack", "mode"], sort=False)
@@ -226,7 +234,8 @@ def report(out, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str,
     res = tables["results"]
     acc = accuracy_table(res)
     order = [f"{a} · {m}" for a in pd.unique(res.attack) for m in ("transfer", "plain", "adaptive")]
-    long = res.assign(group=pd.Categorical(res.attack + " · " + res["mode"], categories=order))
+    long = res.assign(group=pd.Categorical(res.attack + " · " + res["mode"], categories=order),
+                      defense=_short_labels(res))
     f_acc = [bar_plot(figs / f"accuracy_{safe_name(m)}.png", g, x="defense", y="correct", hue="group",
                       title=f"{m}: accuracy of the defended model under attack", ylabel="accuracy", errorbars=False)
              for m, g in long.groupby("model", sort=False)]
@@ -249,6 +258,8 @@ def report(out, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str,
                                 "84.15; one-pixel immune 86.09 %.", [], [t1]))
     if "sweep" in tables:
         sw = tables["sweep"]
+        kinds = res.drop_duplicates("defense").set_index("defense").kind
+        sw = sw.assign(defense=_short_labels(sw.assign(kind=sw.defense.map(kinds))))
         f_sw = [bar_plot(figs / f"sweep_{safe_name(m)}.png", g.assign(eps=g.eps.map(lambda e: f"{e * 255:.0f}/255")),
                          x="eps", y=col, hue="defense", title=f"{m}: {col} under PGD by ε (seed 004 Table VI)",
                          errorbars=False) for m, g in sw.groupby("model", sort=False) for col in ("accuracy", "tau")]
