@@ -36,7 +36,7 @@ def test_defenses_study_reports_transfer_plain_and_adaptive(tmp_path, digits_mod
     assert det.loc["detector-aware", "fooled_and_missed"] > det.loc["plain", "fooled_and_missed"], det
     html = report.read_text()
     for text in ("Seed 001 Table 1", "Seed 004 Table VI", "accuracy_small_vgg_digits.png", "tau_small_vgg_digits.png",
-                 "detector-aware"):
+                 "sweep_tau_small_vgg_digits.png", "sweep_accuracy_small_vgg_digits.png", "detector-aware"):
         assert text in html
     assert run_study(spec, tmp_path / "s", progress=False) == report  # finished units are not rerun
 

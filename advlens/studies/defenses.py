@@ -260,7 +260,8 @@ def report(out, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str,
         sw = tables["sweep"]
         kinds = res.drop_duplicates("defense").set_index("defense").kind
         sw = sw.assign(defense=_short_labels(sw.assign(kind=sw.defense.map(kinds))))
-        f_sw = [bar_plot(figs / f"sweep_{safe_name(m)}.png", g.assign(eps=g.eps.map(lambda e: f"{e * 255:.0f}/255")),
+        f_sw = [bar_plot(figs / f"sweep_{col}_{safe_name(m)}.png",
+                         g.assign(eps=g.eps.map(lambda e: f"{e * 255:.0f}/255")),
                          x="eps", y=col, hue="defense", title=f"{m}: {col} under PGD by ε (seed 004 Table VI)",
                          errorbars=False) for m, g in sw.groupby("model", sort=False) for col in ("accuracy", "tau")]
         sections.append(Section("Seed 004 Table VI", "Accuracy and Kendall τ of Grad-CAM (clean vs PGD) per ε for the "
