@@ -154,10 +154,10 @@ def _cmd_study(args: argparse.Namespace) -> None:
     from .studies.spec import load_spec
 
     if args.spec is None and args.preset is None:
-        raise AdvlensError("give a spec file (advlens study SPEC.toml) or --preset NAME (seed000, seed001, seed002, seed003, seed004)")
+        raise AdvlensError("give a spec file (advlens study SPEC.toml) or --preset NAME (seed000, seed001, seed002, seed003, seed004, defenses)")
     spec = load_spec(args.spec, args.preset, limit=args.limit, seed=args.seed, device=args.device,
                      batch_size=args.batch_size)
-    path = run_study(spec, args.out, progress=not args.quiet)
+    path = run_study(spec, args.out, progress=not args.quiet, backend=args.backend)
     print(f"wrote {path} and {args.out}/results.parquet")
 
 
@@ -234,7 +234,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("spec", nargs="?", default=None, help="study spec (TOML)")
     sp.add_argument("--preset", default=None, help="seed000 (layer shift, DLFuzz), seed001 (LRP signatures, FGSM + "
                     "one-pixel), seed002 (detectors vs strength), seed003 (MOD/VID, FGSM) or seed004 (ADV²/AdvEdge vs "
-                    "interpreters)")
+                    "interpreters) or defenses (transforms and robust training under plain and adaptive attacks)")
+    sp.add_argument("--backend", default="local", choices=["local", "ray"],
+                    help="local (default) or ray: chunks run as Ray tasks on $RAY_ADDRESS or a local Ray cluster")
     sp.add_argument("--device", default=None, help="torch device (default: the spec's, cpu)")
     sp.add_argument("--seed", type=int, default=None, help="random seed (default: the spec's, 0)")
     sp.add_argument("--limit", type=int, default=None, help="at most N images per data set")

@@ -7,14 +7,18 @@ unit is done exactly when its ``results`` chunk exists. Units are deterministic 
 derive from the spec's seed and the unit's key), so a resumed run equals an uninterrupted one.
 At the end the chunks are merged into ``DIR/<table>.parquet`` and the figures and
 ``report.html`` are built from those files alone (``advlens report DIR`` rebuilds them).
+
+With ``backend="ray"`` the units run as Ray tasks (scale-out over a cluster, one GPU per task on CUDA);
+the driver still writes every chunk and merges them in plan order, so the result is the same folder.
 """
 from __future__ import annotations
 
 import importlib
 import json
 import logging
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .._checks import AdvlensError
+from .._checks import AdvlensError, unknown_name
 from .._io import atomic_write, versions, write_json, write_parquet
 from .spec import StudySpec
 
@@ -58,8 +62,47 @@ def _check_spec_file(out: Path, spec: StudySpec) -> None:
         write_json({"spec": spec.to_dict(), "identity": spec.identity(), "versions": versions()}, path)
 
 
-def run_study(spec: StudySpec, out: str | Path, progress: bool = True) -> Path:
-    """Run (or resume) ``spec`` into ``out``; return the path of ``report.html``."""
+BACKENDS = ("local", "ray")
+
+
+def _execute(units: list[Unit], backend: str, device: str) -> Iterator[tuple[Unit, Tables]]:
+    """Run ``units`` and yield ``(unit, tables)`` as each finishes: in order (``local``), or as Ray tasks
+    (``ray``: one CPU each, one GPU each when the spec's device is CUDA) in the order they complete."""
+    if backend == "local":
+        for unit in units:
+            yield unit, unit.run()
+        return
+    import ray
+
+    if not ray.is_initialized():  # RAY_ADDRESS joins a running cluster; without it a local one starts
+        ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    task = ray.remote(num_cpus=1, num_gpus=1 if str(device).startswith("cuda") else 0)(_run_unit)
+    pending = {task.remote(unit.run): unit for unit in units}
+    while pending:
+        done, _ = ray.wait(list(pending), num_returns=1)
+        for ref in done:
+            yield pending.pop(ref), ray.get(ref)
+
+
+def _run_unit(run: Callable[[], Tables]) -> Tables:
+    """A unit's work inside a Ray worker; tensors come back on the CPU."""
+    tables = run()
+    if "examples" in tables:
+        tables["examples"] = {k: v.detach().cpu() for k, v in tables["examples"].items()}
+    return tables
+
+
+def run_study(spec: StudySpec, out: str | Path, progress: bool = True, backend: str = "local") -> Path:
+    """Run (or resume) ``spec`` into ``out``; return the path of ``report.html``.
+
+    Args:
+        backend: ``local`` (units one after another in this process) or ``ray`` (units as Ray tasks on the
+            cluster at ``$RAY_ADDRESS``, else a local one; the driver writes every chunk, so the folder layout,
+            resuming and the merged tables are the same).
+    """
+    if backend not in BACKENDS:
+        raise unknown_name("backend", backend, BACKENDS)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AdvlensError(f"--out {out} exists and is not a folder")
@@ -74,9 +117,8 @@ def run_study(spec: StudySpec, out: str | Path, progress: bool = True) -> Path:
     bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=f"study {spec.study}", unit="chunk",
                disable=not progress)
     start = time.perf_counter()
-    for unit in todo:
+    for unit, tables in _execute(todo, backend, spec.device):
         bar.set_postfix_str(unit.key)
-        tables = unit.run()
         if "results" not in tables:
             raise RuntimeError(f"study unit {unit.key} produced no results table")
         for name, table in sorted(tables.items(), key=lambda kv: kv[0] == "results"):

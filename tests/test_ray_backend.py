@@ -1,0 +1,47 @@
+"""``backend="ray"``: a study run as Ray tasks on a local Ray cluster gives the local run's tables."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from advlens._checks import AdvlensError
+from advlens.studies.runner import run_study
+from advlens.studies.spec import load_spec
+
+ray = pytest.importorskip("ray")
+
+
+def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
+    """Equal tables: same columns and rows; floats to float32 rounding (the workers use 1 thread each)."""
+    assert list(a.columns) == list(b.columns) and len(a) == len(b)
+    for c in a.columns:
+        if pd.api.types.is_float_dtype(a[c]):
+            np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-5, atol=1e-6, err_msg=c)
+        else:
+            assert a[c].tolist() == b[c].tolist(), c
+
+
+def test_ray_backend_gives_the_local_tables_and_resumes(tmp_path, digits_model):
+    spec = load_spec(preset="seed003", limit=12, batch_size=4, strengths=[0.05, 0.1],
+                     models=[{"model": "small_vgg_digits", "data": "digits", "split": "test"}])
+    run_study(spec, tmp_path / "local", progress=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        report = run_study(spec, tmp_path / "ray", progress=False, backend="ray")
+        chunks = sorted((tmp_path / "ray" / "chunks" / "results").glob("*.parquet"))
+        assert len(chunks) == 3  # 12 images in chunks of 4: three Ray tasks
+        chunks[1].unlink()  # a lost chunk is recomputed on the next run, nothing else
+        kept = chunks[0].stat().st_mtime_ns
+        run_study(spec, tmp_path / "ray", progress=False, backend="ray")
+        assert chunks[1].is_file() and chunks[0].stat().st_mtime_ns == kept
+    finally:
+        ray.shutdown()
+    assert report.is_file()
+    for name in ("results", "images"):
+        _same(pd.read_parquet(tmp_path / "local" / f"{name}.parquet"), pd.read_parquet(tmp_path / "ray" / f"{name}.parquet"))
+
+
+def test_unknown_backend_fails_clearly(tmp_path):
+    with pytest.raises(AdvlensError, match="unknown backend 'dask'"):
+        run_study(load_spec(preset="seed003"), tmp_path / "x", backend="dask")
