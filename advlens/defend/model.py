@@ -95,6 +95,7 @@ class DefendedModel(ClassifierModel):
         super().__init__(base.net, base.mean.flatten().tolist(), base.std.flatten().tolist(), base.layers, base.labels,
                          base.input_size, f"{base.name}+{transform.spec.name}({tag})", base.cam_layer, base.classifier)
         self.to(base.device)
+        self.precision, self.channels_last = base.precision, base.channels_last
         self.transform = transform
         self.samples = int(samples)
         object.__setattr__(self, "base", base)  # not a submodule: its parameters are already ours

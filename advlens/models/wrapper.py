@@ -8,7 +8,9 @@ from torch import nn
 
 from .._checks import AdvlensError, unknown_name
 
-__all__ = ["ClassifierModel", "wrap"]
+__all__ = ["ClassifierModel", "wrap", "PRECISIONS"]
+
+PRECISIONS = ("fp32", "bf16")
 
 
 class ClassifierModel(nn.Module):
@@ -63,14 +65,35 @@ class ClassifierModel(nn.Module):
         self.name = name
         self.cam_layer = cam_layer
         self.classifier = classifier
+        self.precision = "fp32"
+        self.channels_last = False
 
     @property
     def device(self) -> torch.device:
         return self.mean.device
 
+    def set_precision(self, precision: str = "fp32", channels_last: bool = False) -> ClassifierModel:
+        """Run the network in ``"bf16"`` autocast (or ``"fp32"``) and/or channels_last memory format.
+
+        Logits, activations and gradients handed to explainers and attacks stay float32 (the engine
+        casts them), so every method works unchanged; bf16 maps and attack decisions agree with fp32
+        within the tolerances the tests state. Returns ``self``.
+        """
+        if precision not in PRECISIONS:
+            raise unknown_name("precision", precision, PRECISIONS)
+        self.precision, self.channels_last = precision, bool(channels_last)
+        self.net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``[N,C]`` of images ``x`` ``[N,3,H,W]`` in [0,1]."""
-        return self.net((x - self.mean) / self.std)
+        """Logits ``[N,C]`` (float32) of images ``x`` ``[N,3,H,W]`` in [0,1]."""
+        z = (x - self.mean) / self.std
+        if self.channels_last:
+            z = z.contiguous(memory_format=torch.channels_last)
+        if self.precision == "bf16":
+            with torch.autocast(device_type=z.device.type, dtype=torch.bfloat16):
+                return self.net(z).float()
+        return self.net(z)
 
     def predict(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Predicted class indices ``[N]`` (no gradients, batched)."""

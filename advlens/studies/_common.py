@@ -20,7 +20,8 @@ __all__ = ["load_entry", "maps_in_batches", "similarity_rows", "SIMILARITIES", "
 SIMILARITIES = {"cosine": M.cosine, "nissim": M.nissim, "ssim": M.ssim, "l1": M.l1, "iou": M.iou}
 
 
-def load_entry(entry: dict[str, Any], device: str, limit: int | None, seed: int) -> tuple[ClassifierModel, ImageBatch]:
+def load_entry(entry: dict[str, Any], device: str, limit: int | None, seed: int,
+               precision: str = "fp32", channels_last: bool = False) -> tuple[ClassifierModel, ImageBatch]:
     """Model and images of one ``{model, data, weights?, seed?, split?, n?, defense?}`` entry, at the model's size.
 
     ``defense`` (``{kind, **params}``, e.g. ``{kind = "median", k = 3}``) puts the model behind that input
@@ -32,6 +33,7 @@ def load_entry(entry: dict[str, Any], device: str, limit: int | None, seed: int)
     """
     kw = {"seed": entry["seed"]} if "seed" in entry else {}
     model = load_model(entry["model"], weights=entry.get("weights"), device=device, **kw)
+    model.set_precision(precision, channels_last=channels_last)
     if entry.get("defense"):  # {kind, **params}: the study runs against the model behind that input transform
         from ..defend import wrap
 
@@ -63,7 +65,7 @@ def units_per_chunk(spec, run) -> list:
 
     units = []
     for mi, entry in enumerate(entries(spec)):
-        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed)
+        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed, spec.precision, spec.channels_last)
         for i, sl in enumerate(chunks(len(batch), spec.batch_size)):
             units.append(Unit(f"{mi:02d}-{safe_name(model.name)}-{i:05d}",
                               lambda m=model, b=batch, sl=sl, i=i, e=entry: run(m, b, sl, i, e)))

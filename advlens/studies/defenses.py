@@ -78,7 +78,7 @@ def plan(spec: StudySpec) -> list[Unit]:
         if entry.get("split") != "test":
             raise AdvlensError(f"a defenses study evaluates split 'test' (training uses 'train'); set split = 'test' "
                                f"in the entry of {entry['model']!r}")
-        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed)
+        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed, spec.precision, spec.channels_last)
         memo: dict[str, torch.Tensor] = {}  # transfer examples, made once per entry
         for di, cfg in enumerate(configs):
             key = f"{mi:02d}-{safe_name(model.name)}-{di:02d}-{safe_name(cfg['kind'])}"

@@ -50,7 +50,7 @@ def plan(spec: StudySpec) -> list[Unit]:
         if entry.get("split") != "test":
             raise AdvlensError(f"a detection study scores split 'test' and fits on split 'train'; set split = "
                                f"'test' in the entry of {entry['model']!r}")
-        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed)
+        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed, spec.precision, spec.channels_last)
         fit = load_images(entry["data"], size=model.input_size, n=entry.get("n"), split="train", seed=spec.seed)
         configs = [dict(c) for c in (spec.detectors or DEFAULT_DETECTORS)]
         for c in configs:  # unknown kinds / parameters fail before anything is written

@@ -29,7 +29,8 @@ __all__ = ["plan", "report", "compromise_table"]
 def plan(spec: StudySpec) -> list[Unit]:
     """One unit per chunk of ``batch_size`` images."""
     model, batch = load_entry({"model": spec.model, "data": spec.data, "weights": spec.weights,
-                               "split": spec.split}, spec.device, spec.limit, spec.seed)
+                               "split": spec.split}, spec.device, spec.limit, spec.seed, spec.precision,
+                              spec.channels_last)
     for m in spec.explainers:  # fail on unknown explainers/layers before anything is written
         layers_for(model, m, spec.layers)
     params = {k: v for k, v in spec.attack.items() if k != "method"}

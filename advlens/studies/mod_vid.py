@@ -38,12 +38,13 @@ def plan(spec: StudySpec) -> list[Unit]:
     metric_names = list(dict.fromkeys(["nissim", *spec.metrics]))
     units = []
     for mi, entry in enumerate(spec.models):
-        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed)
+        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed, spec.precision, spec.channels_last)
         for m in spec.explainers:
             layers_for(model, m, spec.layers)
         surrogate = None
         if entry.get("surrogate"):
-            surrogate, _ = load_entry({"data": entry["data"], **entry["surrogate"]}, spec.device, 1, spec.seed)
+            surrogate, _ = load_entry({"data": entry["data"], **entry["surrogate"]}, spec.device, 1, spec.seed,
+                                        spec.precision, spec.channels_last)
             if surrogate.input_size != model.input_size:
                 raise AdvlensError(f"surrogate {surrogate.name} takes {surrogate.input_size}, {model.name} {model.input_size}")
         label = f"{mi:02d}-{_safe(model.name)}"

@@ -58,6 +58,8 @@ class StudySpec:
         defenses: for ``defenses``: ``{kind, **params}`` tables — ``none``, an input transform (``median``,
             ``squeeze``, ``blur``, ``jpeg``, ``noise``) or a training recipe (``retrain-fgsm``,
             ``retrain-onepixel``, ``pgd_at``, ``robust``); ``attacks = [...]`` limits the attacks run on it.
+        precision, channels_last: run the models in ``bf16`` autocast / channels_last memory format
+            (:meth:`ClassifierModel.set_precision`).
     """
 
     study: str = "layer_shift"
@@ -81,6 +83,8 @@ class StudySpec:
     detectors: list[dict[str, Any]] = field(default_factory=list)
     fit_size: int = 300
     defenses: list[dict[str, Any]] = field(default_factory=list)
+    precision: str = "fp32"
+    channels_last: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,6 +101,9 @@ class StudySpec:
             d.pop("fit_size")
         if d["study"] != "defenses":
             d.pop("defenses")
+        if d["precision"] == "fp32" and not d["channels_last"]:  # the defaults: older folders stay resumable
+            d.pop("precision")
+            d.pop("channels_last")
         return d
 
 
@@ -232,6 +239,8 @@ def _validate(spec: StudySpec) -> None:
         raise AdvlensError(f"limit must be at least 1, got {spec.limit}")
     if spec.study == "mod_vid" and not spec.models:
         raise AdvlensError("a mod_vid study needs a 'models' list of {model, data} entries")
+    if spec.precision not in ("fp32", "bf16"):
+        raise AdvlensError(f"precision must be 'fp32' or 'bf16', got {spec.precision!r}")
     if spec.batch_size < 1:
         raise AdvlensError(f"batch_size must be at least 1, got {spec.batch_size}")
     if spec.fit_size < 8:
