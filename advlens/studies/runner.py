@@ -77,9 +77,15 @@ def _execute(units: list[Unit], backend: str, device: str) -> Iterator[tuple[Uni
     if not ray.is_initialized():  # RAY_ADDRESS joins a running cluster; without it a local one starts
         ray.init(address=os.environ.get("RAY_ADDRESS"), include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
-    task = ray.remote(num_cpus=1, num_gpus=1 if str(device).startswith("cuda") else 0)(_run_unit)
-    pending = {task.remote(unit.run): unit for unit in units}
-    while pending:
+    gpu = str(device).startswith("cuda")
+    task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0)(_run_unit)
+    slots = ray.cluster_resources().get("GPU" if gpu else "CPU", 1)
+    window = max(2, 2 * int(slots))  # tasks in flight: enough to keep every slot busy, not every chunk pickled at once
+    queue, pending = list(units), {}
+    while queue or pending:
+        while queue and len(pending) < window:
+            unit = queue.pop(0)
+            pending[task.remote(unit.run)] = unit
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
             yield pending.pop(ref), ray.get(ref)
