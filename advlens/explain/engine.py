@@ -142,7 +142,7 @@ def forward_backward(
         inputs = list(acts.values()) + ([xin] if input_grad else [])
         score = logits.gather(1, tgt[:, None]).sum()
         grads = torch.autograd.grad(score, inputs, create_graph=create_graph, allow_unused=True)
-        if any(a.dtype != torch.float32 for a in acts.values()):  # bf16 autocast: maps are computed in float32
+        if any(a.dtype in (torch.bfloat16, torch.float16) for a in acts.values()):  # autocast: maps in float32
             acts = {n: a.float() for n, a in acts.items()}
             grads = tuple(None if g is None else g.float() for g in grads)
     unused = [n for n, g in zip(list(acts) + ["input"], grads) if g is None]
