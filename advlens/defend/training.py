@@ -58,7 +58,7 @@ def _save(path: Path, model: ClassifierModel, opt: torch.optim.Optimizer, gen: t
     state = opt.state_dict()
     tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.net.state_dict().items()}
     for idx, s in state["state"].items():
-        tensors.update({f"optim.{idx}.{k}": v.detach().cpu().reshape(v.shape).contiguous() for k, v in s.items()})
+        tensors.update({f"optim.{idx}.{k}": v.detach().cpu().contiguous() for k, v in s.items()})
     tensors["rng"] = gen.get_state()
     tensors.update({f"extra.{k}": v.detach().cpu().contiguous() for k, v in extra.items()})
     meta = {**meta, "param_groups": state["param_groups"]}

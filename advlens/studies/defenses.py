@@ -128,12 +128,16 @@ def _defended(spec: StudySpec, model, cfg: dict[str, Any], data: str):
     return trained, {"train_s": info["seconds"], "n_adversarial": info.get("n_adversarial")}
 
 
-def _shift(model, x: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[list[float], list[float]]:
-    """Kendall τ and cosine ``[N]`` between the defended model's Grad-CAM maps of clean and adversarial input."""
+def _gradcam(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The defended model's Grad-CAM ``[N,H,W]`` of class ``y`` at its CAM layer (else its last layer)."""
     layer = model.cam_layer or list(model.layers)[-1]
-    a = explain(model, x, "gradcam", layers=[layer], target=y)[layer]
-    b = explain(model, x_adv, "gradcam", layers=[layer], target=y)[layer]
-    return kendall_tau(a, b).cpu().tolist(), cosine(a, b).cpu().tolist()
+    return explain(model, x, "gradcam", layers=[layer], target=y)[layer]
+
+
+def _shift(model, clean_maps: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kendall τ and cosine ``[N]`` between the clean maps (computed once) and the maps of ``x_adv``."""
+    b = _gradcam(model, x_adv, y)
+    return kendall_tau(clean_maps, b).cpu(), cosine(clean_maps, b).cpu()
 
 
 def _run(spec: StudySpec, attacks, model, batch, cfg, entry, memo) -> dict[str, Any]:
@@ -146,6 +150,7 @@ def _run(spec: StudySpec, attacks, model, batch, cfg, entry, memo) -> dict[str, 
     eot = int(spec.attack.get("eot", 8))
     rows, names = [], list(batch.names)
     clean_acc = float((defended.predict(x) == y).float().mean())
+    clean_maps = _gradcam(defended, x, y)
     for name in cfg.get("attacks", list(attacks)):
         if name not in attacks:
             raise unknown_name(f"attack of defense {kind!r}", name, attacks)
@@ -162,27 +167,27 @@ def _run(spec: StudySpec, attacks, model, batch, cfg, entry, memo) -> dict[str, 
             modes["adaptive"] = attack(view, xs, ys, name, seed=spec.seed, **params).x_adv
         for mode, x_adv in modes.items():
             pred = defended.predict(x_adv)
-            tau, cos = _shift(defended, xs, x_adv, ys)
+            tau, cos = _shift(defended, clean_maps[:n], x_adv, ys)
             rows.append(pd.DataFrame({"image": names[:n], "attack": name, "mode": mode, "correct": (pred == ys).cpu(),
-                                      "tau": tau, "cosine": cos}))
+                                      "tau": tau.numpy(), "cosine": cos.numpy()}))
     out = {"results": pd.concat(rows, ignore_index=True).assign(model=model.name, defense=_label(cfg), kind=kind,
                                                                 clean_accuracy=clean_acc),
            "defenses": pd.DataFrame([{"model": model.name, "defense": _label(cfg), "kind": kind,
                                       "clean_accuracy": clean_acc, "seconds": time.perf_counter() - start, **info}])}
     if kind == "none" or kind in TRAINED:
-        out["sweep"] = _sweep(spec, defended, x, y).assign(model=model.name, defense=_label(cfg))
+        out["sweep"] = _sweep(spec, defended, x, y, clean_maps).assign(model=model.name, defense=_label(cfg))
     return out
 
 
-def _sweep(spec: StudySpec, model, x: torch.Tensor, y: torch.Tensor) -> pd.DataFrame:
+def _sweep(spec: StudySpec, model, x: torch.Tensor, y: torch.Tensor, clean_maps: torch.Tensor) -> pd.DataFrame:
     """Seed 004 Table VI: accuracy and Kendall τ (clean vs PGD Grad-CAM) at each ε of the sweep."""
     rows = []
     steps = int(spec.attack.get("sweep_steps", 10))
     for eps in spec.attack.get("sweep", [2 / 255, 4 / 255, 8 / 255]):
         x_adv = attack(model, x, y, "pgd", eps=eps, alpha=2.5 * eps / steps, steps=steps, seed=spec.seed).x_adv
-        tau, _ = _shift(model, x, x_adv, y)
+        tau, _ = _shift(model, clean_maps, x_adv, y)
         rows.append({"eps": float(eps), "accuracy": float((model.predict(x_adv) == y).float().mean()),
-                     "tau": float(torch.tensor(tau).nanmean())})  # NaN: a constant (vanished) map
+                     "tau": float(tau.nanmean())})  # NaN: a constant (vanished) map
     return pd.DataFrame(rows)
 
 
