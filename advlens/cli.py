@@ -35,6 +35,8 @@ def _load(args: argparse.Namespace):
 
     model = load_model(args.model, weights=args.weights, device=args.device)
     model.set_precision(args.precision, channels_last=args.channels_last)
+    if getattr(args, "compile", None) not in (None, "off"):
+        model.set_compile(args.compile)
     batch = load_images(args.images, size=model.input_size, n=args.limit, seed=args.seed)
     if args.limit is not None:
         batch = batch[: args.limit]
@@ -157,7 +159,8 @@ def _cmd_study(args: argparse.Namespace) -> None:
     if args.spec is None and args.preset is None:
         raise AdvlensError("give a spec file (advlens study SPEC.toml) or --preset NAME (seed000, seed001, seed002, seed003, seed004, defenses)")
     spec = load_spec(args.spec, args.preset, limit=args.limit, seed=args.seed, device=args.device,
-                     batch_size=args.batch_size, precision=args.precision, channels_last=args.channels_last)
+                     batch_size=args.batch_size, precision=args.precision, channels_last=args.channels_last,
+                     compile=args.compile)
     path = run_study(spec, args.out, progress=not args.quiet, backend=args.backend)
     print(f"wrote {path} and {args.out}/results.parquet")
 
@@ -174,6 +177,19 @@ def _cmd_train(args: argparse.Namespace) -> None:
     _, info = train_small_vgg(args.data, seed=args.seed, epochs=args.epochs, out=args.out, progress=not args.quiet)
     print(f"small_vgg_{args.data}: test accuracy {info['test_accuracy']:.2%} "
           f"(train {info['train_accuracy']:.2%}, {info['epochs']} epochs, {info['seconds']} s) -> {info['path']}")
+
+
+def _batch_size(text: str) -> int | str:
+    """``--batch-size``: a positive integer or ``auto``."""
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or 'auto', got {text!r}")
+    return value
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -194,6 +210,13 @@ def _parser() -> argparse.ArgumentParser:
                         "with fp32 within the README's tolerances)")
         sp.add_argument("--channels-last", action="store_true", default=None if sp.prog.endswith("study") else False,
                         help="channels_last memory format (faster convolutions on GPUs)")
+        if not sp.prog.endswith("explain"):  # explanations hook the network: they always run eagerly
+            from .models.wrapper import COMPILE_MODES
+
+            sp.add_argument("--compile", nargs="?", const="default", default=None, metavar="MODE",
+                            choices=["off", *COMPILE_MODES],
+                            help="torch.compile the network for the attacks' forwards (MODE: default, "
+                            "reduce-overhead, max-autotune); pays on GPUs, compiling takes a while")
 
     def data_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--model", default="efficientnet_lite0", help="model name (see `advlens models`)")
@@ -218,7 +241,8 @@ def _parser() -> argparse.ArgumentParser:
     data_args(sp)
     sp.add_argument("--method", default="gradcam", help="gradcam, gradcam++, layercam, noisecam, cam, saliency, smoothgrad, grad, lrp, mask, rts")
     sp.add_argument("--layers", default="all", help="'all' or comma-separated layer names")
-    sp.add_argument("--batch-size", type=int, default=16)
+    sp.add_argument("--batch-size", type=_batch_size, default=16,
+                    help="images per forward/backward, or 'auto' (largest that fits free memory; default 16)")
     sp.set_defaults(fn=_cmd_explain)
 
     sp = sub.add_parser("attack", help="attack a model and save the adversarial images")
@@ -250,7 +274,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default=None, help="torch device (default: the spec's, cpu)")
     sp.add_argument("--seed", type=int, default=None, help="random seed (default: the spec's, 0)")
     sp.add_argument("--limit", type=int, default=None, help="at most N images per data set")
-    sp.add_argument("--batch-size", type=int, default=None, help="images per resumable chunk")
+    sp.add_argument("--batch-size", type=_batch_size, default=None,
+                    help="images per resumable chunk, or 'auto' (fits the device's free memory; fixed at the first run)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     speed_args(sp)
     sp.add_argument("--out", default="advlens-study", help="output folder (default: advlens-study)")

@@ -6,10 +6,12 @@ import pandas as pd
 import pytest
 
 from advlens._checks import AdvlensError
+from advlens.studies import mod_vid
 from advlens.studies.runner import run_study
 from advlens.studies.spec import load_spec
 
 ray = pytest.importorskip("ray")
+cloudpickle = pytest.importorskip("ray.cloudpickle")
 
 
 def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
@@ -22,15 +24,18 @@ def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
             assert a[c].tolist() == b[c].tolist(), c
 
 
-def test_ray_backend_gives_the_local_tables_and_resumes(tmp_path, digits_model):
+def test_ray_backend_gives_the_local_tables_and_resumes(tmp_path, digits_model, monkeypatch):
     spec = load_spec(preset="seed003", limit=12, batch_size=2, strengths=[0.05, 0.1],
                      models=[{"model": "small_vgg_digits", "data": "digits", "split": "test"}])
     run_study(spec, tmp_path / "local", progress=False)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    put = []
+    monkeypatch.setattr(ray, "put", lambda obj, _put=ray.put: put.append(type(obj).__name__) or _put(obj))
     try:
         report = run_study(spec, tmp_path / "ray", progress=False, backend="ray")
         chunks = sorted((tmp_path / "ray" / "chunks" / "results").glob("*.parquet"))
         assert len(chunks) == 6  # 12 images in chunks of 2: six Ray tasks, more than the 4 kept in flight
+        assert sorted(put) == ["ClassifierModel", "ImageBatch"]  # once each, not once per task
         chunks[1].unlink()  # a lost chunk is recomputed on the next run, nothing else
         kept = chunks[0].stat().st_mtime_ns
         run_study(spec, tmp_path / "ray", progress=False, backend="ray")
@@ -40,6 +45,17 @@ def test_ray_backend_gives_the_local_tables_and_resumes(tmp_path, digits_model):
     assert report.is_file()
     for name in ("results", "images"):
         _same(pd.read_parquet(tmp_path / "local" / f"{name}.parquet"), pd.read_parquet(tmp_path / "ray" / f"{name}.parquet"))
+
+
+def test_units_ship_small_closures_and_share_model_and_images(digits_model):
+    """A task pickles only its closure (spec, slice, key); the model and the images travel as shared objects."""
+    spec = load_spec(preset="seed003", limit=12, batch_size=4,
+                     models=[{"model": "small_vgg_digits", "data": "digits", "split": "test"}])
+    units = mod_vid.plan(spec)
+    model, _, batch = units[0].shared
+    assert len(units) == 3 and all(u.shared[0] is model and u.shared[2] is batch for u in units)
+    big = len(cloudpickle.dumps((model, batch)))
+    assert all(len(cloudpickle.dumps(u.run)) < min(64_000, big / 10) for u in units)
 
 
 def test_unknown_backend_fails_clearly(tmp_path):

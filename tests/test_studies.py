@@ -91,14 +91,12 @@ def test_interrupted_study_resumes_without_lost_or_duplicated_rows(tmp_path, spe
 
     def failing_plan(s):
         units = real_plan(s)
-        original = units[1].run
 
-        def boom():
+        def boom(*shared):
             calls.append(1)
             raise KeyboardInterrupt  # killed while the second chunk runs
 
         units[1].run = boom
-        del original
         return units
 
     out = tmp_path / "resumed"

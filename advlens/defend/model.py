@@ -96,6 +96,7 @@ class DefendedModel(ClassifierModel):
                          base.input_size, f"{base.name}+{transform.spec.name}({tag})", base.cam_layer, base.classifier)
         self.to(base.device)
         self.precision, self.channels_last = base.precision, base.channels_last
+        self.compile_options = base.compile_options
         self.transform = transform
         self.samples = int(samples)
         object.__setattr__(self, "base", base)  # not a submodule: its parameters are already ours

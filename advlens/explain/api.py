@@ -9,6 +9,7 @@ from torch.nn import functional as F
 
 from .._checks import AdvlensError, check_images, unknown_name
 from ..models.wrapper import ClassifierModel
+from ..models.batching import concat_maps, resolve_batch_size, run_batched
 from . import cam as _cam
 from .engine import Pass, check_model, forward_backward
 from .gradient import grad_map, saliency_from_grad, smoothgrad
@@ -198,7 +199,7 @@ def explain(
     normalize: bool = True,
     seed: int = 0,
     eps: float = 0.0,
-    batch_size: int | None = None,
+    batch_size: int | str | None = None,
     **method_kw: object,
 ) -> dict[str, torch.Tensor]:
     """Explanation maps of ``method`` for every requested layer, from one forward and one backward.
@@ -218,7 +219,10 @@ def explain(
         seed: randomness of ``smoothgrad``.
         eps: added to the Grad-CAM++/NoiseCAM alpha denominator (0 = the paper; 1e-6 reproduces
             pytorch-grad-cam).
-        batch_size: split ``x`` into chunks of this size (maps are concatenated).
+        batch_size: split ``x`` into chunks of this size (maps are concatenated); ``"auto"`` picks
+            the largest that fits the device's free memory
+            (:func:`~advlens.models.batching.auto_batch_size`) and halves it if a chunk still runs
+            out of memory.
         **method_kw: options of the own-pass methods, e.g. ``n_samples``, ``noise_level`` for
             ``smoothgrad``, ``tau`` for ``grad``, ``epsilon``/``composite`` for ``lrp``,
             ``steps``/``lr`` for ``mask``, ``data`` for ``rts`` (see :func:`method_options`).
@@ -235,10 +239,12 @@ def explain(
         raise AdvlensError(f"method must be a string, got {type(method).__name__}; use explain_many for several")
     check_images(x)
     kw = dict(layers=layers, create_graph=create_graph, normalize=normalize, seed=seed, eps=eps, **method_kw)
-    if batch_size is None or batch_size >= len(x):
+    bs = resolve_batch_size(check_model(model), batch_size, len(x))
+    if bs >= len(x) and batch_size != "auto":
         return explain_many(model, x, [method], target=target, **kw)[method]
-    chunks = []
-    for i in range(0, len(x), batch_size):
-        t = target[i : i + batch_size] if isinstance(target, torch.Tensor) and target.ndim else target
-        chunks.append(explain_many(model, x[i : i + batch_size], [method], target=t, **kw)[method])
-    return {n: torch.cat([c[n] for c in chunks]) for n in chunks[0]}
+
+    def chunk(sl: slice) -> dict[str, torch.Tensor]:
+        t = target[sl] if isinstance(target, torch.Tensor) and target.ndim else target
+        return explain_many(model, x[sl], [method], target=t, **kw)[method]
+
+    return concat_maps(run_batched(chunk, len(x), bs, backoff=batch_size == "auto"))

@@ -8,9 +8,11 @@ from torch import nn
 
 from .._checks import AdvlensError, unknown_name
 
-__all__ = ["ClassifierModel", "wrap", "PRECISIONS"]
+__all__ = ["ClassifierModel", "wrap", "PRECISIONS", "COMPILE_MODES"]
 
 PRECISIONS = ("fp32", "bf16")
+#: ``torch.compile`` modes accepted by :meth:`ClassifierModel.set_compile` (inductor's modes)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
 
 
 class ClassifierModel(nn.Module):
@@ -67,6 +69,7 @@ class ClassifierModel(nn.Module):
         self.classifier = classifier
         self.precision = "fp32"
         self.channels_last = False
+        self.compile_options: dict[str, str] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -85,15 +88,48 @@ class ClassifierModel(nn.Module):
         self.net.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
         return self
 
+    def set_compile(self, mode: str | None = "default", backend: str = "inductor") -> ClassifierModel:
+        """Run hook-free forwards (attacks, predictions, detectors' logits) through ``torch.compile``.
+
+        Forwards during which any module of the network carries a hook (every explanation: the
+        engine's capture, zennit's LRP rules, DLFuzz's coverage) run the eager network, so maps and
+        gradients with respect to layers are unchanged. The compiled network is built on the first
+        forward and not pickled (a copy sent to a Ray worker compiles its own). ``mode=None`` turns
+        it off. ``mode`` is one of :data:`COMPILE_MODES` (used with the ``inductor`` backend only).
+        Returns ``self``.
+        """
+        if mode is not None and mode not in COMPILE_MODES:
+            raise unknown_name("compile mode", mode, COMPILE_MODES)
+        self.compile_options = None if mode is None else {"mode": mode, "backend": backend}
+        self.__dict__.pop("_compiled", None)
+        return self
+
+    def _runner(self) -> nn.Module:
+        """The network to call: its compiled version when compiling is on and no module is hooked."""
+        if self.compile_options is None or _hooked(self.net):
+            return self.net
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None:  # kept out of _modules: no duplicate state_dict keys, not pickled
+            opts = self.compile_options
+            kw = {"mode": opts["mode"]} if opts["backend"] == "inductor" else {}
+            compiled = self.__dict__["_compiled"] = torch.compile(self.net, backend=opts["backend"], **kw)
+        return compiled
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        state.pop("_compiled", None)
+        return state
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``[N,C]`` (float32) of images ``x`` ``[N,3,H,W]`` in [0,1]."""
         z = (x - self.mean) / self.std
         if self.channels_last:
             z = z.contiguous(memory_format=torch.channels_last)
+        net = self._runner()
         if self.precision == "bf16":
             with torch.autocast(device_type=z.device.type, dtype=torch.bfloat16):
-                return self.net(z).float()
-        return self.net(z)
+                return net(z).float()
+        return net(z)
 
     def predict(self, x: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """Predicted class indices ``[N]`` (no gradients, batched)."""
@@ -118,6 +154,15 @@ class ClassifierModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"name={self.name!r}, input_size={self.input_size}, layers={len(self.layers)}, classes={len(self.labels)}"
+
+
+def _hooked(net: nn.Module) -> bool:
+    """Whether any module of ``net`` (or the global registry) carries a forward/backward hook."""
+    g = nn.modules.module
+    if g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks:
+        return True
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
+               for m in net.modules())
 
 
 def wrap(

@@ -20,9 +20,11 @@ __all__ = ["load_entry", "maps_in_batches", "similarity_rows", "SIMILARITIES", "
 SIMILARITIES = {"cosine": M.cosine, "nissim": M.nissim, "ssim": M.ssim, "l1": M.l1, "iou": M.iou}
 
 
-def load_entry(entry: dict[str, Any], device: str, limit: int | None, seed: int,
-               precision: str = "fp32", channels_last: bool = False) -> tuple[ClassifierModel, ImageBatch]:
+def load_entry(entry: dict[str, Any], spec, limit: int | None | str = "spec") -> tuple[ClassifierModel, ImageBatch]:
     """Model and images of one ``{model, data, weights?, seed?, split?, n?, defense?}`` entry, at the model's size.
+
+    The model runs on ``spec.device`` with the spec's precision, memory format and compile mode;
+    ``limit`` defaults to ``spec.limit``.
 
     ``defense`` (``{kind, **params}``, e.g. ``{kind = "median", k = 3}``) puts the model behind that input
     transform (:func:`advlens.defend.wrap`), so any study runs against the defended model.
@@ -31,9 +33,12 @@ def load_entry(entry: dict[str, Any], device: str, limit: int | None, seed: int,
     set, so its test split matches the one the model was trained beside); ``limit`` then keeps
     the first images. Without a split, ``limit`` is the subset size itself.
     """
+    seed, limit = spec.seed, spec.limit if limit == "spec" else limit
     kw = {"seed": entry["seed"]} if "seed" in entry else {}
-    model = load_model(entry["model"], weights=entry.get("weights"), device=device, **kw)
-    model.set_precision(precision, channels_last=channels_last)
+    model = load_model(entry["model"], weights=entry.get("weights"), device=spec.device, **kw)
+    model.set_precision(spec.precision, channels_last=spec.channels_last)
+    if spec.compile != "off":
+        model.set_compile(spec.compile)
     if entry.get("defense"):  # {kind, **params}: the study runs against the model behind that input transform
         from ..defend import wrap
 
@@ -65,10 +70,10 @@ def units_per_chunk(spec, run) -> list:
 
     units = []
     for mi, entry in enumerate(entries(spec)):
-        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed, spec.precision, spec.channels_last)
+        model, batch = load_entry(entry, spec)
         for i, sl in enumerate(chunks(len(batch), spec.batch_size)):
             units.append(Unit(f"{mi:02d}-{safe_name(model.name)}-{i:05d}",
-                              lambda m=model, b=batch, sl=sl, i=i, e=entry: run(m, b, sl, i, e)))
+                              lambda m, b, sl=sl, i=i, e=entry: run(m, b, sl, i, e), (model, batch)))
     return units
 
 

@@ -78,15 +78,16 @@ def plan(spec: StudySpec) -> list[Unit]:
         if entry.get("split") != "test":
             raise AdvlensError(f"a defenses study evaluates split 'test' (training uses 'train'); set split = 'test' "
                                f"in the entry of {entry['model']!r}")
-        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed, spec.precision, spec.channels_last)
+        model, batch = load_entry(entry, spec)
         memo: dict[str, torch.Tensor] = {}  # transfer examples, made once per entry
         for di, cfg in enumerate(configs):
             key = f"{mi:02d}-{safe_name(model.name)}-{di:02d}-{safe_name(cfg['kind'])}"
-            units.append(Unit(key, lambda m=model, b=batch, c=cfg, e=entry, mm=memo: _run(spec, attacks, m, b, c, e, mm)))
+            units.append(Unit(key, lambda m, b, c=cfg, e=entry, mm=memo: _run(spec, attacks, m, b, c, e, mm),
+                              (model, batch)))
         if spec.detectors:
             fit = load_images(entry["data"], size=model.input_size, n=entry.get("n"), split="train", seed=spec.seed)
             units.append(Unit(f"{mi:02d}-{safe_name(model.name)}-detectors",
-                              lambda m=model, b=batch, f=fit[: spec.fit_size]: _detectors(spec, attacks, m, b, f)))
+                              lambda m, b, f: _detectors(spec, attacks, m, b, f), (model, batch, fit[: spec.fit_size])))
     return units
 
 

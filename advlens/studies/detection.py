@@ -50,13 +50,13 @@ def plan(spec: StudySpec) -> list[Unit]:
         if entry.get("split") != "test":
             raise AdvlensError(f"a detection study scores split 'test' and fits on split 'train'; set split = "
                                f"'test' in the entry of {entry['model']!r}")
-        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed, spec.precision, spec.channels_last)
+        model, batch = load_entry(entry, spec)
         fit = load_images(entry["data"], size=model.input_size, n=entry.get("n"), split="train", seed=spec.seed)
         configs = [dict(c) for c in (spec.detectors or DEFAULT_DETECTORS)]
         for c in configs:  # unknown kinds / parameters fail before anything is written
             make(c["kind"], **{k: v for k, v in c.items() if k not in ("kind", "sets")})
-        units.append(Unit(f"{mi:02d}-{safe_name(model.name)}",
-                          lambda m=model, b=batch, f=fit[: spec.fit_size], c=configs: _run(spec, m, b, f, c)))
+        units.append(Unit(f"{mi:02d}-{safe_name(model.name)}", lambda m, b, f, c=configs: _run(spec, m, b, f, c),
+                          (model, batch, fit[: spec.fit_size])))
     return units
 
 

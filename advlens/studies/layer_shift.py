@@ -17,7 +17,9 @@ import torch
 
 from .. import metrics as M
 from ..attacks import attack, matched_noise
+from ..data import ImageBatch
 from ..explain.api import layers_for
+from ..models import ClassifierModel
 from ..report import Section, bar_plot, layer_shift_plot, map_grid, write_report
 from ._common import chunks, load_entry, maps_in_batches, similarity_rows
 from .runner import Unit
@@ -29,13 +31,12 @@ __all__ = ["plan", "report", "compromise_table"]
 def plan(spec: StudySpec) -> list[Unit]:
     """One unit per chunk of ``batch_size`` images."""
     model, batch = load_entry({"model": spec.model, "data": spec.data, "weights": spec.weights,
-                               "split": spec.split}, spec.device, spec.limit, spec.seed, spec.precision,
-                              spec.channels_last)
+                               "split": spec.split}, spec)
     for m in spec.explainers:  # fail on unknown explainers/layers before anything is written
         layers_for(model, m, spec.layers)
     params = {k: v for k, v in spec.attack.items() if k != "method"}
 
-    def run(i: int, sl: slice) -> dict[str, Any]:
+    def run(model: ClassifierModel, batch: ImageBatch, i: int, sl: slice) -> dict[str, Any]:
         x, names = batch.x[sl].to(model.device), batch.names[sl]
         seed = spec.seed + i
         clean, y = maps_in_batches(model, x, spec.explainers, spec.layers, spec.batch_size)  # explains y
@@ -67,7 +68,8 @@ def plan(spec: StudySpec) -> list[Unit]:
             out["examples"] = examples
         return out
 
-    return [Unit(f"{i:05d}", lambda i=i, sl=sl: run(i, sl)) for i, sl in enumerate(chunks(len(batch), spec.batch_size))]
+    return [Unit(f"{i:05d}", lambda m, b, i=i, sl=sl: run(m, b, i, sl), (model, batch))
+            for i, sl in enumerate(chunks(len(batch), spec.batch_size))]
 
 
 def _examples(x, xc, clean, maps, names, cond, k) -> dict[str, torch.Tensor]:

@@ -20,15 +20,11 @@ from .._checks import AdvlensError
 from ..attacks import objective_grad
 from ..explain.api import layers_for
 from ..report import Section, layer_shift_plot, map_grid, write_report
-from ._common import chunks, load_entry, maps_in_batches, similarity_rows
+from ._common import chunks, load_entry, maps_in_batches, safe_name, similarity_rows
 from .runner import Unit
 from .spec import StudySpec
 
 __all__ = ["plan", "report", "mod_vid_table"]
-
-
-def _safe(name: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
 
 
 def plan(spec: StudySpec) -> list[Unit]:
@@ -38,19 +34,18 @@ def plan(spec: StudySpec) -> list[Unit]:
     metric_names = list(dict.fromkeys(["nissim", *spec.metrics]))
     units = []
     for mi, entry in enumerate(spec.models):
-        model, batch = load_entry(entry, spec.device, spec.limit, spec.seed, spec.precision, spec.channels_last)
+        model, batch = load_entry(entry, spec)
         for m in spec.explainers:
             layers_for(model, m, spec.layers)
         surrogate = None
         if entry.get("surrogate"):
-            surrogate, _ = load_entry({"data": entry["data"], **entry["surrogate"]}, spec.device, 1, spec.seed,
-                                        spec.precision, spec.channels_last)
+            surrogate, _ = load_entry({"data": entry["data"], **entry["surrogate"]}, spec, limit=1)
             if surrogate.input_size != model.input_size:
                 raise AdvlensError(f"surrogate {surrogate.name} takes {surrogate.input_size}, {model.name} {model.input_size}")
-        label = f"{mi:02d}-{_safe(model.name)}"
+        label = f"{mi:02d}-{safe_name(model.name)}"
         for i, sl in enumerate(chunks(len(batch), spec.batch_size)):
-            units.append(Unit(f"{label}-{i:05d}", lambda m=model, s=surrogate, b=batch, sl=sl, i=i, e=entry:
-                              _run(spec, m, s, b, sl, i, e, metric_names)))
+            units.append(Unit(f"{label}-{i:05d}", lambda m, s, b, sl=sl, i=i, e=entry:
+                              _run(spec, m, s, b, sl, i, e, metric_names), (model, surrogate, batch)))
     return units
 
 
@@ -124,7 +119,7 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
     for model_name, r in res[res.source == "white-box"].groupby("model", sort=False):
         order = list(dict.fromkeys(r.sort_values("layer_index").layer))
         layer_figs.append(layer_shift_plot(
-            figs / f"nissim_layers_{_safe(model_name)}.png", r.assign(eps=r.eps.map(lambda e: f"eps {e:g}")),
+            figs / f"nissim_layers_{safe_name(model_name)}.png", r.assign(eps=r.eps.map(lambda e: f"eps {e:g}")),
             x="layer", y="nissim", hue="eps", layer_order=order, title=f"{model_name}: NISSIM per layer (white-box)"))
     sections = [
         Section("MOD and VID", "MOD: mean NISSIM between clean and attacked Grad-CAM over images and layers, per "
@@ -150,5 +145,5 @@ def _grids(figs: Path, examples: dict[str, torch.Tensor]) -> list[Path]:
         picks = layers if len(layers) <= 6 else [layers[round(i * (len(layers) - 1) / 5)] for i in range(6)]
         rows = {c: examples[f"{model_name}|{c}|image"][None].float() for c in conds}
         maps = {c: {l: examples[f"{model_name}|{c}|{l}"][None].float() for l in picks} for c in conds}
-        paths.append(map_grid(figs / f"grid_{_safe(model_name)}.png", rows, maps, picks, title=model_name))
+        paths.append(map_grid(figs / f"grid_{safe_name(model_name)}.png", rows, maps, picks, title=model_name))
     return paths

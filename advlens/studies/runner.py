@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,27 +39,47 @@ Tables = dict[str, Any]  # table name -> DataFrame, or "examples" -> dict[str, T
 
 @dataclass
 class Unit:
-    """One resumable piece of a study: ``run()`` returns ``{table: DataFrame}`` (``results`` required)."""
+    """One resumable piece of a study: ``run(*shared)`` returns ``{table: DataFrame}`` (``results`` required).
+
+    ``shared`` holds the large objects the unit reads (models, image sets), which many units share:
+    the Ray backend puts each into the object store once instead of pickling it with every task.
+    """
 
     key: str
-    run: Callable[[], Tables]
+    run: Callable[..., Tables]
+    shared: tuple[Any, ...] = ()
 
 
 def _module(study: str):
     return importlib.import_module(f"advlens.studies.{study}")
 
 
-def _check_spec_file(out: Path, spec: StudySpec) -> None:
+def _read_spec_file(out: Path, spec: StudySpec) -> dict[str, Any] | None:
+    """The folder's ``spec.json`` (None if new); fails if it belongs to a different spec."""
     path = out / "spec.json"
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise AdvlensError(f"{path} is corrupt; remove it or use another --out") from None
-        if old.get("identity") != json.loads(json.dumps(spec.identity())):
-            raise AdvlensError(f"{out} holds results of a different study spec; use another --out folder")
-    else:
-        write_json({"spec": spec.to_dict(), "identity": spec.identity(), "versions": versions()}, path)
+    if not path.exists():
+        return None
+    try:
+        old = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise AdvlensError(f"{path} is corrupt; remove it or use another --out") from None
+    if old.get("identity") != json.loads(json.dumps(spec.identity())):
+        raise AdvlensError(f"{out} holds results of a different study spec; use another --out folder")
+    return old
+
+
+def _chunk_size(spec: StudySpec, old: dict[str, Any] | None) -> int:
+    """``spec.batch_size``; for ``"auto"`` the size a first run chose (kept in ``spec.json``), else the
+    largest power of two whose all-layer pass fits the device's free memory for the first model."""
+    if spec.batch_size != "auto":
+        return int(spec.batch_size)
+    if old is not None and isinstance(old.get("batch_size"), int):
+        return old["batch_size"]
+    from ..models.batching import auto_batch_size
+    from ._common import entries, load_entry
+
+    model, _ = load_entry(entries(spec)[0], spec, limit=1)
+    return auto_batch_size(model, max_batch=256)  # a chunk is also the unit of resuming and progress
 
 
 BACKENDS = ("local", "ray")
@@ -70,7 +90,7 @@ def _execute(units: list[Unit], backend: str, device: str) -> Iterator[tuple[Uni
     (``ray``: one CPU each, one GPU each when the spec's device is CUDA) in the order they complete."""
     if backend == "local":
         for unit in units:
-            yield unit, unit.run()
+            yield unit, unit.run(*unit.shared)
         return
     import ray
 
@@ -81,19 +101,28 @@ def _execute(units: list[Unit], backend: str, device: str) -> Iterator[tuple[Uni
     task = ray.remote(num_cpus=1, num_gpus=1 if gpu else 0)(_run_unit)
     slots = ray.cluster_resources().get("GPU" if gpu else "CPU", 1)
     window = max(2, 2 * int(slots))  # tasks in flight: enough to keep every slot busy, not every chunk pickled at once
+    refs: dict[int, Any] = {}  # id(shared object) -> its ObjectRef: each model / image set is put once
+
+    def put(obj: Any) -> Any:
+        if obj is None:
+            return None
+        if id(obj) not in refs:
+            refs[id(obj)] = ray.put(obj)
+        return refs[id(obj)]
+
     queue, pending = list(units), {}
     while queue or pending:
         while queue and len(pending) < window:
             unit = queue.pop(0)
-            pending[task.remote(unit.run)] = unit
+            pending[task.remote(unit.run, *(put(o) for o in unit.shared))] = unit
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
             yield pending.pop(ref), ray.get(ref)
 
 
-def _run_unit(run: Callable[[], Tables]) -> Tables:
-    """A unit's work inside a Ray worker; tensors come back on the CPU."""
-    tables = run()
+def _run_unit(run: Callable[..., Tables], *shared: Any) -> Tables:
+    """A unit's work inside a Ray worker (Ray resolves the shared objects' refs); tensors come back on the CPU."""
+    tables = run(*shared)
     if "examples" in tables:
         tables["examples"] = {k: v.detach().cpu() for k, v in tables["examples"].items()}
     return tables
@@ -112,9 +141,13 @@ def run_study(spec: StudySpec, out: str | Path, progress: bool = True, backend: 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise AdvlensError(f"--out {out} exists and is not a folder")
-    units = _module(spec.study).plan(spec)  # validates models/data before anything is written
+    old = _read_spec_file(out, spec) if out.is_dir() else None
+    size = _chunk_size(spec, old)
+    units = _module(spec.study).plan(replace(spec, batch_size=size))  # validates models/data before writing
     out.mkdir(parents=True, exist_ok=True)
-    _check_spec_file(out, spec)
+    if old is None:
+        write_json({"spec": spec.to_dict(), "identity": spec.identity(), "batch_size": size, "versions": versions()},
+                   out / "spec.json")
     chunks = out / "chunks"
     done = {p.stem for p in (chunks / "results").glob("*.parquet")} if chunks.exists() else set()
     todo = [u for u in units if u.key not in done]

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from .._checks import AdvlensError, unknown_name
+from ..models.wrapper import COMPILE_MODES
 
 __all__ = ["StudySpec", "load_spec", "PRESETS", "STUDIES"]
 
@@ -60,6 +61,8 @@ class StudySpec:
             ``retrain-onepixel``, ``pgd_at``, ``robust``); ``attacks = [...]`` limits the attacks run on it.
         precision, channels_last: run the models in ``bf16`` autocast / channels_last memory format
             (:meth:`ClassifierModel.set_precision`).
+        compile: ``off`` or a ``torch.compile`` mode (``default``, ``reduce-overhead``, ``max-autotune``)
+            for the hook-free forwards (attacks); like ``device``, not part of the study's identity.
     """
 
     study: str = "layer_shift"
@@ -78,13 +81,14 @@ class StudySpec:
     split: str | None = None
     seed: int = 0
     device: str = "cpu"
-    batch_size: int = 16
+    batch_size: int | str = 16
     examples: int = 2
     detectors: list[dict[str, Any]] = field(default_factory=list)
     fit_size: int = 300
     defenses: list[dict[str, Any]] = field(default_factory=list)
     precision: str = "fp32"
     channels_last: bool = False
+    compile: str = "off"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -92,10 +96,12 @@ class StudySpec:
     def identity(self) -> dict[str, Any]:
         """The fields that decide the rows (all but the device): a resumed run must match them.
 
-        ``batch_size`` is included: it sets the images of each resumable chunk.
+        ``batch_size`` is included: it sets the images of each resumable chunk (``"auto"`` stays
+        ``"auto"``; the size it resolved to is kept in ``spec.json`` and reused on resume).
         """
         d = self.to_dict()
         d.pop("device")
+        d.pop("compile")
         if d["study"] not in ("detection", "defenses"):  # fields only these read: older folders stay resumable
             d.pop("detectors")
             d.pop("fit_size")
@@ -241,8 +247,11 @@ def _validate(spec: StudySpec) -> None:
         raise AdvlensError("a mod_vid study needs a 'models' list of {model, data} entries")
     if spec.precision not in ("fp32", "bf16"):
         raise AdvlensError(f"precision must be 'fp32' or 'bf16', got {spec.precision!r}")
-    if spec.batch_size < 1:
-        raise AdvlensError(f"batch_size must be at least 1, got {spec.batch_size}")
+    if spec.compile != "off" and spec.compile not in COMPILE_MODES:
+        raise AdvlensError(f"compile must be 'off' or one of {list(COMPILE_MODES)}, got {spec.compile!r}")
+    if spec.batch_size != "auto" and (isinstance(spec.batch_size, bool) or not isinstance(spec.batch_size, int)
+                                      or spec.batch_size < 1):
+        raise AdvlensError(f"batch_size must be a positive integer or 'auto', got {spec.batch_size!r}")
     if spec.fit_size < 8:
         raise AdvlensError(f"fit_size must be at least 8, got {spec.fit_size}")
     for d in spec.defenses:
