@@ -137,7 +137,7 @@ def _cmd_attack(args: argparse.Namespace) -> None:
 
     model, batch = _load(args)
     res = attack(model, batch.x, batch.y if args.use_labels else None, method=args.method, seed=args.seed,
-                 target=_target(args, model, batch), **_attack_params(args))
+                 target=_target(args, model, batch), chunk_size=args.chunk_size, **_attack_params(args))
     rows = pd.DataFrame({
         "image": batch.names, "label": [model.labels[int(i)] for i in res.y],
         "adv_pred": [model.labels[int(i)] for i in res.pred], "success": res.success.cpu().numpy(),
@@ -262,6 +262,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--param", action="append", metavar="KEY=VALUE",
                     help="any other attack parameter, e.g. --param pixels=3 --param lam=20 (repeatable)")
     sp.add_argument("--use-labels", action="store_true", help="attack the data set's labels, not the predictions")
+    sp.add_argument("--chunk-size", type=_batch_size, default=None,
+                    help="attack at most N images at once, or 'auto' (fits free memory); default: all at once")
     sp.set_defaults(fn=_cmd_attack)
 
     sp = sub.add_parser("study", help="run or resume a study (a TOML spec or a preset) into --out")

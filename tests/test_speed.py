@@ -102,6 +102,21 @@ def test_cli_batch_size_auto_and_bad_values(tmp_path, digits_model, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_attack_in_chunks_concatenates_per_image_results(model, digits_test):
+    x, y = digits_test.x[:10], digits_test.y[:10]
+    whole = al.attack(model, x, y, "pgd", eps=0.05, alpha=0.0125, steps=5, random_start=False)
+    parts = al.attack(model, x, y, "pgd", eps=0.05, alpha=0.0125, steps=5, random_start=False, chunk_size=4)
+    assert torch.equal(parts.x_adv, whole.x_adv) and torch.equal(parts.success, whole.success)
+    assert torch.equal(parts.y, y) and parts.pred.shape == (10,) and parts.time_s > 0
+    fuzz = al.attack(model, x, y, "dlfuzz", iterations=2, chunk_size=4)  # chunks of 4, 4, 2
+    assert fuzz.extras["perturbation"].shape == x.shape and fuzz.extras["iterations_used"].shape == (10,)
+    assert fuzz.extras["coverage_after"].shape == (3,) and fuzz.extras["coverage_curve"].shape == (3, 3)
+    targeted = al.attack(model, x, y, "pgd", eps=0.1, steps=5, target=3, chunk_size="auto")
+    assert (targeted.x_adv - x).abs().max() <= 0.1 + 1e-6 and targeted.success.shape == (10,)
+    with pytest.raises(AdvlensError, match="batch_size must be a positive integer, 'auto' or None"):
+        al.attack(model, x, y, "fgsm", chunk_size=-1)
+
+
 def test_compiled_model_gives_eager_logits_attacks_and_maps(model, digits_test):
     x, y = digits_test.x[:16], digits_test.y[:16]
     keys = set(model.state_dict())

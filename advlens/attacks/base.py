@@ -27,12 +27,16 @@ from .._checks import AdvlensError, check_images, unknown_name
 from ..explain.api import LAYER_METHODS, layers_for, maps_from_pass
 from ..explain.engine import check_model, forward_backward
 from ..explain.gradient import smooth_relu
+from ..models.batching import resolve_batch_size, run_batched
 from ..models.wrapper import ClassifierModel
 
 __all__ = [
     "AttackResult", "attack", "list_attacks", "register_attack", "forward_penalty", "objective_grad", "project_linf", "finish",
     "check_count", "check_number", "check_weight",
 ]
+
+#: prefix of batch-level extras (one value per attacked batch, not per image)
+BATCH_EXTRA = "coverage_"
 
 LossFn = Callable[[torch.Tensor, torch.Tensor, "dict[str, dict[str, torch.Tensor]] | None"], torch.Tensor]
 
@@ -49,7 +53,9 @@ class AttackResult:
         time_s: wall-clock seconds for the whole batch.
         y: ``[N]`` the labels attacked (given, or the clean predictions).
         params: the attack's parameters (for results tables).
-        extras: per-attack outputs, e.g. ``eps`` ``[N]`` (minimal flipping eps) for ``ifgsm``.
+        extras: per-attack outputs, e.g. ``eps`` ``[N]`` (minimal flipping eps) for ``ifgsm``; per
+            image ``[N,...]`` except names starting with ``coverage_`` (DLFuzz's neuron coverage of
+            the whole batch).
     """
 
     x_adv: torch.Tensor
@@ -224,6 +230,7 @@ def attack(
     method: str = "pgd",
     seed: int = 0,
     target: int | torch.Tensor | None = None,
+    chunk_size: int | str | None = None,
     **params: Any,
 ) -> AttackResult:
     """Attack ``model`` on ``x`` with ``method``.
@@ -235,6 +242,11 @@ def attack(
         method: one of :func:`list_attacks`.
         seed: randomness (random start, noise).
         target: targeted attack toward this class (int or ``[N]``); None = untargeted.
+        chunk_size: attack at most this many images at once (None: all). ``"auto"``: the largest
+            power of two whose all-layer pass fits the free memory, halved if a chunk runs out of
+            memory (:mod:`advlens.models.batching`). Chunk ``k`` uses seed ``seed + k``; per-image
+            results are concatenated, ``time_s`` summed, batch-level extras (e.g. DLFuzz's
+            coverage) stacked one row per chunk.
         **params: the method's parameters (``eps``, ``steps``, ``alpha``, …).
 
     Example:
@@ -255,4 +267,19 @@ def attack(
         if isinstance(target, int):
             target = torch.full((len(x),), target, dtype=torch.long, device=x.device)
         target = _labels(model, x, target, "target")
-    return fn(model, x, y, target=target, seed=seed, **params)
+    size = resolve_batch_size(model, chunk_size, len(x))
+    if size >= len(x) and chunk_size != "auto":
+        return fn(model, x, y, target=target, seed=seed, **params)
+    parts = run_batched(lambda sl: fn(model, x[sl], y[sl], target=None if target is None else target[sl],
+                                      seed=seed + sl.start // size, **params), len(x), size, backoff=chunk_size == "auto")
+    return _concat_results(parts)
+
+
+def _concat_results(parts: list[AttackResult]) -> AttackResult:
+    """One :class:`AttackResult` from per-chunk results (see ``chunk_size`` of :func:`attack`)."""
+    cat = {k: torch.cat([getattr(p, k) for p in parts]) for k in ("x_adv", "success", "pred", "confidence", "y")}
+    extras = {}
+    for k, v in parts[0].extras.items():
+        group = torch.stack if k.startswith(BATCH_EXTRA) else torch.cat
+        extras[k] = group([p.extras[k] for p in parts])
+    return AttackResult(**cat, time_s=sum(p.time_s for p in parts), params=parts[0].params, extras=extras)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TypeVar
 
 import torch
@@ -28,19 +29,27 @@ T = TypeVar("T")
 
 def free_memory(device: torch.device | str) -> int:
     """Bytes a new batch can use on ``device``: CUDA free memory plus the caching allocator's unused
-    reserve; on the CPU the kernel's ``MemAvailable`` (``/proc/meminfo``), else free physical pages."""
+    reserve; on the CPU the kernel's ``MemAvailable`` (``/proc/meminfo``, else free physical pages),
+    capped by the container's cgroup-v2 memory limit."""
     device = torch.device(device)
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    free = None
     try:
         with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
+            free = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
     except OSError:
         pass
-    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    if free is None:
+        free = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    try:  # a container's cgroup (v2) limit, when tighter than the machine's free memory
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            free = min(free, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(0, free)
 
 
 def _probe(model: ClassifierModel, n: int, size: tuple[int, int]) -> None:
