@@ -53,3 +53,15 @@ def test_channels_last_alone_keeps_fp32_results(model, digits_test):
         assert torch.allclose(m, ref[layer], atol=1e-4), layer
     with pytest.raises(AdvlensError, match="unknown precision 'fp16'"):
         model.set_precision("fp16")
+
+
+def test_bf16_on_a_cpu_without_native_bf16_warns(model, monkeypatch, caplog):
+    from advlens.models import wrapper
+
+    for native, warned in ((False, True), (True, False)):
+        monkeypatch.setattr(wrapper, "_cpu_has_bf16", lambda native=native: native)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="advlens.models.wrapper"):
+            model.set_precision("bf16")
+        assert ("runs 18-25x slower than fp32" in caplog.text) is warned
+        model.set_precision("fp32")
