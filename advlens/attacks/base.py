@@ -244,7 +244,8 @@ def attack(
         target: targeted attack toward this class (int or ``[N]``); None = untargeted.
         chunk_size: attack at most this many images at once (None: all). ``"auto"``: the largest
             power of two whose all-layer pass fits the free memory, halved if a chunk runs out of
-            memory (:mod:`advlens.models.batching`). Chunk ``k`` uses seed ``seed + k``; per-image
+            memory (:mod:`advlens.models.batching`). The chunk starting at image ``i`` uses seed
+            ``seed + i`` (distinct per chunk, also after a halving); per-image
             results are concatenated, ``time_s`` summed, batch-level extras (e.g. DLFuzz's
             coverage) stacked one row per chunk.
         **params: the method's parameters (``eps``, ``steps``, ``alpha``, …).
@@ -271,7 +272,7 @@ def attack(
     if size >= len(x) and chunk_size != "auto":
         return fn(model, x, y, target=target, seed=seed, **params)
     parts = run_batched(lambda sl: fn(model, x[sl], y[sl], target=None if target is None else target[sl],
-                                      seed=seed + sl.start // size, **params), len(x), size, backoff=chunk_size == "auto")
+                                      seed=seed + sl.start, **params), len(x), size, backoff=chunk_size == "auto")
     return _concat_results(parts)
 
 

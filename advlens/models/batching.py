@@ -110,11 +110,10 @@ def auto_batch_size(model: ClassifierModel, size: tuple[int, int] | None = None,
     if not 0 < fraction <= 1:
         raise AdvlensError(f"fraction must be in (0, 1], got {fraction}")
     fixed, per = image_cost(model, size)
-    budget = free_memory(model.device) * fraction - fixed
-    n = max(1, min(int(max_batch), int(budget // per)))
+    free = free_memory(model.device)
+    n = max(1, min(int(max_batch), int((free * fraction - fixed) // per)))
     n = 1 << (n.bit_length() - 1)  # round down to a power of two
-    log.info("auto batch size %d (%.1f MiB per image, %.0f MiB free)", n, per / 2**20,
-             free_memory(model.device) / 2**20)
+    log.info("auto batch size %d (%.1f MiB per image, %.0f MiB free)", n, per / 2**20, free / 2**20)
     return n
 
 

@@ -173,7 +173,7 @@ def _cpu_has_bf16() -> bool:
 def _hooked(net: nn.Module) -> bool:
     """Whether any module of ``net`` (or the global registry) carries a forward/backward hook."""
     g = nn.modules.module
-    if g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks:
+    if g._global_forward_hooks or g._global_forward_pre_hooks or g._global_backward_hooks or g._global_backward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks or m._backward_pre_hooks
                for m in net.modules())
