@@ -277,12 +277,22 @@ def main() -> None:
         for prm in model.parameters():
             prm.requires_grad_(not args.anchor_frozen)
 
-        def anchor() -> None:
+        def anchor(n: int) -> None:
             for name in layers:
                 with GradCAM(model=model, target_layers=[model.layers[name]]) as cam:
-                    cam(input_tensor=x.detach().requires_grad_(True), targets=cam_targets)
+                    cam(input_tensor=x[:n].detach().requires_grad_(True), targets=cam_targets[:n])
 
-        res["pytorch_grad_cam_s"] = timed(anchor, device, max(1, args.repeats // 2))
+        n = bs  # pytorch-grad-cam also keeps weight gradients: at an --auto-batch size it may not fit
+        while True:
+            try:
+                res["pytorch_grad_cam_s"] = timed(lambda: anchor(n), device, max(1, args.repeats // 2)) * bs / n
+                break
+            except torch.OutOfMemoryError:
+                if n == 1:
+                    raise
+                n //= 2
+                torch.cuda.empty_cache()
+        res["pytorch_grad_cam_batch"] = n
         for prm in model.parameters():
             prm.requires_grad_(False)
 
@@ -313,7 +323,10 @@ def main() -> None:
     print(f"device={device} ({header['device_name']}), torch {header['torch']}, advlens {header['advlens']}, "
           f"VGG-16 {args.size}x{args.size}, batch {bs}{' (auto)' if args.auto_batch else ''}, "
           f"{len(layers)} layers, {header['date_utc']} UTC")
-    print_throughput(res, bs, "frozen weights" if args.anchor_frozen else "weights require grad")
+    note = "frozen weights" if args.anchor_frozen else "weights require grad"
+    if res.get("pytorch_grad_cam_batch", bs) != bs:
+        note += f"; run at batch {res['pytorch_grad_cam_batch']} (out of memory at {bs}), scaled"
+    print_throughput(res, bs, note)
     rows = targets(res, bs, cuda, args.size, args.skip_anchor)
     print_targets(rows, cuda)
     if args.json:
