@@ -130,23 +130,28 @@ def resolve_batch_size(model: ClassifierModel, batch_size: int | str | None, n: 
 
 def run_batched(fn: Callable[[slice], T], n: int, batch_size: int, backoff: bool = True) -> list[T]:
     """``[fn(slice) for each chunk of batch_size]`` over ``n`` items; with ``backoff``, a chunk that
-    runs out of memory is retried at half the batch size (down to 1, then the error is raised)."""
+    runs out of memory is retried at half the batch size (down to 1, then the error is raised).
+    More than one chunk shows a transient progress bar on a terminal (none in logs or pipes)."""
+    from tqdm.auto import tqdm
+
     out: list[T] = []
     start, bs = 0, max(1, int(batch_size))
-    while start < n:
-        sl = slice(start, min(start + bs, n))
-        try:
-            out.append(fn(sl))
-        except torch.OutOfMemoryError:
-            if not backoff or bs == 1:
-                raise AdvlensError(f"out of memory at batch size {bs}; free memory on the device "
-                                   "or lower the image size") from None
-            bs //= 2
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            log.warning("out of memory: retrying with batch size %d", bs)
-            continue
-        start = sl.stop
+    with tqdm(total=n, unit="img", leave=False, disable=None if n > bs else True) as bar:
+        while start < n:
+            sl = slice(start, min(start + bs, n))
+            try:
+                out.append(fn(sl))
+            except torch.OutOfMemoryError:
+                if not backoff or bs == 1:
+                    raise AdvlensError(f"out of memory at batch size {bs}; free memory on the device "
+                                       "or lower the image size") from None
+                bs //= 2
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                log.warning("out of memory: retrying with batch size %d", bs)
+                continue
+            bar.update(sl.stop - start)
+            start = sl.stop
     return out
 
 
