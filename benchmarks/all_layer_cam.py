@@ -49,21 +49,6 @@ PGD_ARGS = {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10, "random_start": False
 PRECISIONS = (("", "fp32"), ("_bf16", "bf16"))
 
 
-def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
-    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return sorted(times)[len(times) // 2]
-
-
 def timed_alternating(fns: dict[str, Callable[[], object]], device: torch.device, repeats: int) -> dict[str, float]:
     """Median seconds of each function, run in alternating order (a, b, c, then c, b, a, …) after one
     warm-up each, so slow drifts of the machine (clock, cache, other load) hit every contender alike."""
@@ -80,6 +65,11 @@ def timed_alternating(fns: dict[str, Callable[[], object]], device: torch.device
                 torch.cuda.synchronize()
             times[k].append(time.perf_counter() - t)
     return {k: sorted(v)[len(v) // 2] for k, v in times.items()}
+
+
+def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
+    """Median seconds of ``fn()`` over ``repeats`` runs after one warm-up."""
+    return timed_alternating({"fn": fn}, device, repeats)["fn"]
 
 
 def peak_memory(fn: Callable[[], object], device: torch.device) -> float | None:

@@ -14,7 +14,7 @@ from ..explain import explain_many
 from ..models import ClassifierModel, load_model
 
 __all__ = ["load_entry", "maps_in_batches", "similarity_rows", "SIMILARITIES", "chunks", "entries", "safe_name",
-           "units_per_chunk"]
+           "units_per_chunk", "entries_on_test_split"]
 
 #: similarity metrics a study can record per layer (maps [N,H,W] -> [N])
 SIMILARITIES = {"cosine": M.cosine, "nissim": M.nissim, "ssim": M.ssim, "l1": M.l1, "iou": M.iou}
@@ -56,6 +56,15 @@ def load_entry(entry: dict[str, Any], spec, limit: int | None | str = "spec") ->
 def entries(spec) -> list[dict[str, Any]]:
     """The spec's ``models`` list, or its single ``model``/``data`` as a one-entry list."""
     return spec.models or [{"model": spec.model, "data": spec.data, "weights": spec.weights, "split": spec.split}]
+
+
+def entries_on_test_split(spec, why: str) -> list[dict[str, Any]]:
+    """:func:`entries`, each required to evaluate split ``test``; ``why`` completes the error message."""
+    found = entries(spec)
+    for entry in found:
+        if entry.get("split") != "test":
+            raise AdvlensError(f"a {spec.study} study {why}; set split = 'test' in the entry of {entry['model']!r}")
+    return found
 
 
 def safe_name(name: str) -> str:

@@ -26,14 +26,14 @@ from typing import Any
 import pandas as pd
 import torch
 
-from .._checks import AdvlensError, unknown_name
+from .._checks import unknown_name
 from ..attacks import attack
 from ..data import load_images
 from ..defend import TRANSFORMS, wrap
 from ..defend.recipes import adversarial_train, retrain
 from ..explain import explain
 from ..metrics import cosine, kendall_tau
-from ._common import entries, load_entry, safe_name
+from ._common import entries_on_test_split, load_entry, safe_name
 from .runner import Unit
 from .spec import StudySpec
 
@@ -74,10 +74,7 @@ def plan(spec: StudySpec) -> list[Unit]:
     for c in configs:
         _check_defense(c)
     units = []
-    for mi, entry in enumerate(entries(spec)):
-        if entry.get("split") != "test":
-            raise AdvlensError(f"a defenses study evaluates split 'test' (training uses 'train'); set split = 'test' "
-                               f"in the entry of {entry['model']!r}")
+    for mi, entry in enumerate(entries_on_test_split(spec, "evaluates split 'test' (training uses 'train')")):
         model, batch = load_entry(entry, spec)
         memo: dict[str, torch.Tensor] = {}  # transfer examples, made once per entry
         for di, cfg in enumerate(configs):

@@ -24,7 +24,7 @@ from .._checks import AdvlensError
 from ..attacks import attack, matched_noise
 from ..data import load_images
 from ..detect import EnsembleDetector, interpreter_maps, make
-from ._common import entries, load_entry, safe_name
+from ._common import entries_on_test_split, load_entry, safe_name
 from .runner import Unit
 from .spec import StudySpec
 
@@ -46,10 +46,7 @@ def detector_label(cfg: dict[str, Any]) -> str:
 def plan(spec: StudySpec) -> list[Unit]:
     """One unit per model entry: fit every detector, then score every condition and strength."""
     units = []
-    for mi, entry in enumerate(entries(spec)):
-        if entry.get("split") != "test":
-            raise AdvlensError(f"a detection study scores split 'test' and fits on split 'train'; set split = "
-                               f"'test' in the entry of {entry['model']!r}")
+    for mi, entry in enumerate(entries_on_test_split(spec, "scores split 'test' and fits on split 'train'")):
         model, batch = load_entry(entry, spec)
         fit = load_images(entry["data"], size=model.input_size, n=entry.get("n"), split="train", seed=spec.seed)
         configs = [dict(c) for c in (spec.detectors or DEFAULT_DETECTORS)]
