@@ -1,8 +1,9 @@
-"""Atomic file and folder writes (private): nothing half-written ever lands on disk.
+"""Atomic writes and safe output folders (private): nothing half-written lands, nothing of the user's is lost.
 
-Every file the report package produces is written to a temporary file in the destination folder and
-then moved over the destination with :func:`os.replace`, so a reader never sees a half-written file
-and a failure leaves neither a partial file nor a temporary one behind.
+Every file advlens produces is written to a temporary file in the destination folder and then moved
+over the destination with :func:`os.replace`, so a reader never sees a half-written file and a failure
+leaves neither a partial file nor a temporary one behind. Output folders (:class:`OutputDir`) are
+checked before any work and never lose a file advlens did not write.
 """
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ import platform
 import shutil
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
-__all__ = ["atomic_write", "atomic_dir", "write_parquet", "write_json", "versions"]
+__all__ = ["atomic_write", "write_parquet", "write_json", "versions", "OutputDir", "check_output_file",
+           "unique_file_names", "remove_stale_temporaries", "read_manifest", "MANIFEST"]
 
 
 def _umask() -> int:
@@ -58,30 +60,6 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[BinaryIO], None]
     return path
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Build an output folder in a hidden sibling temp folder; move it to ``path`` only on success.
-
-    An existing ``path`` is replaced at the end (kept intact if anything fails), so a failed or
-    interrupted run leaves nothing half-written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
-    try:
-        yield tmp
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def write_parquet(df: Any, path: str | os.PathLike[str]) -> Path:
     """Write a pandas DataFrame to Parquet (pyarrow) atomically."""
     return atomic_write(path, lambda f: df.to_parquet(f, engine="pyarrow", index=False))
@@ -103,3 +81,199 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
+
+
+# ---------------------------------------------------------------------------------------------- output folders
+MANIFEST = ".advlens.json"  # in every output folder advlens writes: the command and the files it wrote
+
+
+def _err(message: str) -> Exception:
+    from ._checks import AdvlensError
+
+    return AdvlensError(message)
+
+
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The ``.advlens.json`` of an output folder (None when absent or unreadable: then it is not ours)."""
+    try:
+        meta = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(meta, dict) or not isinstance(meta.get("files"), list):
+        return None
+    return meta
+
+
+def _existing_ancestor(path: Path) -> Path:
+    for p in (path, *path.parents):
+        if p.exists():
+            return p
+    return Path(".")
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Fail now (before any work) if the folder that will hold ``path`` cannot be written.
+
+    Tries to create and remove a temp folder in the nearest existing ancestor (``os.access`` says yes
+    to root even on a read-only file system).
+    """
+    base = _existing_ancestor(path if path.is_dir() else path.parent)
+    if not base.is_dir():
+        raise _err(f"{flag} {path}: {base} is not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".advlens-probe.", dir=base))
+    except OSError as e:
+        raise _err(f"{flag} {path} is not writable ({e.strerror or type(e).__name__} in {base})") from None
+
+
+def check_not_inside(path: Path, inputs: Sequence[object], flag: str) -> None:
+    """Refuse an output equal to, or inside, one of the input folders/files (paths only; names are skipped)."""
+    target = path.expanduser().resolve()
+    for item in inputs:
+        if not isinstance(item, (str, os.PathLike)):
+            continue
+        src = Path(item).expanduser()
+        if not src.exists():
+            continue
+        src = src.resolve()
+        if target == src or (src.is_dir() and src in target.parents):
+            raise _err(f"{flag} {path} is {'the' if target == src else 'inside the'} input {src}; "
+                       f"choose an output outside the inputs")
+
+
+def _relative_files(root: Path) -> list[str]:
+    return sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() or p.is_symlink())
+
+
+class OutputDir:
+    """An output folder of one ``advlens`` command: checked before the work, filled at the end.
+
+    The rule: advlens never deletes, moves or overwrites anything it did not write.
+
+    * A new or empty folder is fine. A folder holding the output of the same command (its
+      ``.advlens.json`` manifest says so) is updated: files of the new run replace the old run's, files
+      the old run wrote and the new one does not are removed, anything else in it is left alone.
+    * A non-empty folder that is not such an output is refused, unless ``overwrite``: then the files are
+      written beside the user's (still refusing to replace any file advlens did not write).
+    * An existing file at ``path``, an output equal to or inside an input, and an unwritable place are
+      refused before any work.
+
+    The files are built in a hidden temp folder beside ``path`` (:meth:`writing`) and moved in only when
+    everything succeeded, each with :func:`os.replace`; a new folder moves in as a whole.
+
+    Example:
+        >>> import tempfile
+        >>> root = Path(tempfile.mkdtemp())
+        >>> out = OutputDir(root / "run", "attack")
+        >>> with out.writing() as tmp:
+        ...     _ = (tmp / "results.txt").write_text("ok")
+        >>> sorted(p.name for p in (root / "run").iterdir())
+        ['.advlens.json', 'results.txt']
+    """
+
+    def __init__(self, path: str | os.PathLike[str], command: str, *, inputs: Sequence[object] = (),
+                 overwrite: bool = False, flag: str = "--out") -> None:
+        self.path, self.command, self.overwrite, self.flag = Path(path).expanduser(), command, overwrite, flag
+        self.inputs = tuple(inputs)
+        self.check()
+
+    def check(self) -> None:
+        """Raise AdvlensError (one line naming the flag) if this folder may not be written."""
+        p, flag = self.path, self.flag
+        if p.exists() and not p.is_dir():
+            raise _err(f"{flag} {p} is an existing file, not a folder; choose another {flag}")
+        check_not_inside(p, self.inputs, flag)
+        if p.is_dir() and any(p.iterdir()):
+            meta = read_manifest(p)
+            if meta is None and not self.overwrite:
+                raise _err(f"{flag} {p} is not empty and is not an advlens output; choose a new or empty folder, "
+                           f"or add --overwrite to write beside its files")
+            if meta is not None and meta.get("command") != self.command and not self.overwrite:
+                raise _err(f"{flag} {p} holds the output of `advlens {meta.get('command')}`, not "
+                           f"`advlens {self.command}`; choose another folder, or add --overwrite")
+        check_writable(p, flag)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[Path]:
+        """Yield a temp folder to fill; on success move its files into :attr:`path` (see the class doc)."""
+        self.check()
+        p = self.path
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent))
+        try:
+            os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700: honour the umask like other tools
+            yield tmp
+            new = _relative_files(tmp)
+            manifest = {"command": self.command, "files": new, "versions": versions()}
+            if not p.exists():
+                write_json(manifest, tmp / MANIFEST)
+                os.replace(tmp, p)
+                return
+            self._merge_into(tmp, new, manifest)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)  # our own temp folder only
+
+    def _merge_into(self, tmp: Path, new: list[str], manifest: dict[str, Any]) -> None:
+        p = self.path
+        old = set((read_manifest(p) or {}).get("files", []))
+        foreign = [f for f in new if (p / f).exists() and f not in old]
+        if foreign:
+            raise _err(f"{self.flag} {p}: {foreign[0]} exists and was not written by advlens; "
+                       f"nothing was written, choose another folder")
+        # The manifest lists old and new files while they move, so an interruption never orphans a file.
+        write_json({**manifest, "files": sorted(old | set(new))}, p / MANIFEST)
+        for f in new:
+            (p / f).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / f, p / f)
+        for f in sorted(old - set(new)):  # the previous run's files this run did not write again
+            with contextlib.suppress(FileNotFoundError, IsADirectoryError):
+                (p / f).unlink()
+        write_json(manifest, p / MANIFEST)
+
+
+def check_output_file(path: str | os.PathLike[str], *, inputs: Sequence[object] = (), overwrite: bool = False,
+                      flag: str = "--out") -> Path:
+    """Check a single-file output before the work: not a folder, not an input, writable, and an existing
+    file only with ``overwrite`` (advlens cannot tell a file it wrote from a user's)."""
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise _err(f"{flag} {p} is a folder; give a file name")
+    check_not_inside(p, inputs, flag)
+    if p.exists() and not overwrite:
+        raise _err(f"{flag} {p} exists; choose another file name, or add --overwrite to replace it")
+    check_writable(p, flag)
+    return p
+
+
+def unique_file_names(names: Sequence[str]) -> list[str]:
+    """File-safe, unique stems for ``names`` (anything but letters, digits and ``-_#.`` becomes ``_``).
+
+    Names that collide once sanitized get ``-2``, ``-3``… in order, so no output overwrites another.
+
+    Example:
+        >>> unique_file_names(["a b", "a_b", "a?b", "c"])
+        ['a_b', 'a_b-2', 'a_b-3', 'c']
+    """
+    seen: set[str] = set()
+    out = []
+    for name in names:
+        base = "".join(c if c.isalnum() or c in "-_#." else "_" for c in str(name)).lstrip(".") or "image"
+        stem, k = base, 1
+        while stem.lower() in seen:
+            k += 1
+            stem = f"{base}-{k}"
+        seen.add(stem.lower())
+        out.append(stem)
+    return out
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Remove the hidden ``.NAME.XXXX.tmp`` files/folders that :func:`atomic_write` and :class:`OutputDir`
+    leave when a process is killed mid-write; only inside ``folder`` (an advlens output). Returns the count."""
+    count = 0
+    for p in sorted(folder.rglob(".*.tmp"), reverse=True):
+        with contextlib.suppress(OSError):
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+            count += 1
+    return count

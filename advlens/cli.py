@@ -10,6 +10,59 @@ from ._checks import AdvlensError
 __all__ = ["main"]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``advlens attack: error: argument --limit: ...`` and exit code 2
+    (the usage block is left to ``--help``). Subcommand parsers inherit the class."""
+
+    def error(self, message: str):  # type: ignore[override]
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _int_at_least(minimum: int):
+    """argparse type: an int >= ``minimum`` (``--limit 0``: "must be an integer >= 1, got '0'")."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
+        return value
+
+    parse.__name__ = f"int>={minimum}"
+    return parse
+
+
+def _float_above(minimum: float, strict: bool):
+    """argparse type: a finite float > ``minimum`` (``strict``) or >= it."""
+    import math
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not math.isfinite(value) or value < minimum or (strict and value == minimum):
+            raise argparse.ArgumentTypeError(f"must be a number {'>' if strict else '>='} {minimum:g}, got {text!r}")
+        return value
+
+    parse.__name__ = f"float{'>' if strict else '>='}{minimum:g}"
+    return parse
+
+
+positive_int, natural_int = _int_at_least(1), _int_at_least(0)
+positive_float, natural_float = _float_above(0.0, strict=True), _float_above(0.0, strict=False)
+
+
+def overwrite_arg(sp: argparse.ArgumentParser) -> None:
+    """``--overwrite``: the user's consent to write beside / replace (see :class:`advlens._io.OutputDir`)."""
+    sp.add_argument("--overwrite", action="store_true",
+                    help="write into a non-empty --out folder beside its files (never replacing a file advlens did "
+                    "not write), or replace an existing --out file")
+
+
 def _layers(value: str) -> str | list[str]:
     return "all" if value == "all" else [v for v in value.split(",") if v]
 
@@ -25,7 +78,7 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from .studies.demo import DemoConfig, run_demo
 
     cfg = DemoConfig(images=args.images, limit=args.limit, seed=args.seed, device=args.device, model=args.model)
-    out = run_demo(cfg, args.out, progress=not args.quiet)
+    out = run_demo(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite)
     print(f"wrote {out}/report.html, {out}/results.parquet, {out}/figures/")
 
 
@@ -43,22 +96,34 @@ def _load(args: argparse.Namespace):
     return model, batch.to(model.device)
 
 
+def output_dir(args: argparse.Namespace, command: str, *inputs: object):
+    """The command's ``--out`` folder, checked before any work (:class:`advlens._io.OutputDir`)."""
+    from ._io import OutputDir
+
+    return OutputDir(args.out, command, inputs=inputs, overwrite=args.overwrite)
+
+
 def _cmd_explain(args: argparse.Namespace) -> None:
+    import json
+
     from safetensors.torch import save
 
-    from ._io import atomic_dir, atomic_write
+    from ._io import atomic_write, unique_file_names
     from .explain import explain
     from .report import map_grid
 
+    out = output_dir(args, "explain", args.images, args.weights)
     model, batch = _load(args)
     maps = explain(model, batch.x, args.method, layers=_layers(args.layers), batch_size=args.batch_size, seed=args.seed)
-    with atomic_dir(args.out) as tmp:
+    files = unique_file_names(batch.names)
+    with out.writing() as tmp:
         tensors = {k: v.detach().cpu().contiguous() for k, v in maps.items()}
         tensors["images"] = batch.x.cpu().contiguous()
-        atomic_write(tmp / "maps.safetensors", lambda f: f.write(save(tensors)))
+        meta = {"images": json.dumps(list(batch.names)), "method": args.method, "model": model.name}
+        atomic_write(tmp / "maps.safetensors", lambda f: f.write(save(tensors, metadata=meta)))
         shown = list(maps)[:: max(1, len(maps) // 6)][:6]
         for i in range(min(len(batch), 4)):
-            map_grid(tmp / f"{batch.names[i].replace('/', '_')}.png", {"image": batch.x},
+            map_grid(tmp / f"{files[i]}.png", {"image": batch.x},
                      {"image": maps}, shown, index=i, title=f"{args.method} on {model.name}")
     print(f"wrote {len(maps)} layer maps for {len(batch)} images to {args.out}/maps.safetensors")
 
@@ -131,22 +196,24 @@ def _cmd_attack(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from . import metrics
-    from ._io import atomic_dir, write_parquet
+    from ._io import unique_file_names, write_parquet
     from .attacks import attack
     from .data import save_images
 
+    out = output_dir(args, "attack", args.images, args.weights)
     model, batch = _load(args)
     res = attack(model, batch.x, batch.y if args.use_labels else None, method=args.method, seed=args.seed,
                  target=_target(args, model, batch), chunk_size=args.chunk_size, **_attack_params(args))
+    files = [f"{n}_adv" for n in unique_file_names(batch.names)]
     rows = pd.DataFrame({
-        "image": batch.names, "label": [model.labels[int(i)] for i in res.y],
+        "image": batch.names, "file": [f"images/{f}.png" for f in files], "label": [model.labels[int(i)] for i in res.y],
         "adv_pred": [model.labels[int(i)] for i in res.pred], "success": res.success.cpu().numpy(),
         "confidence": res.confidence.cpu().numpy(), "psnr": metrics.psnr(batch.x, res.x_adv).cpu().numpy(),
     })
     if "eps" in res.extras:  # ifgsm: the smallest eps that flipped each image
         rows["min_eps"] = res.extras["eps"].cpu().numpy()
-    with atomic_dir(args.out) as tmp:
-        save_images(res.x_adv, [f"{n}_adv" for n in batch.names], tmp / "images")
+    with out.writing() as tmp:
+        save_images(res.x_adv, files, tmp / "images")
         write_parquet(rows, tmp / "results.parquet")
     print(rows.to_string(index=False))
     print(f"success rate {res.success_rate:.1%} in {res.time_s:.1f} s; wrote {args.out}")
@@ -166,13 +233,17 @@ def _cmd_study(args: argparse.Namespace) -> None:
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
-    from .studies.runner import build_report
+    from .studies.runner import report_folder
 
-    print(f"wrote {build_report(args.dir)}")
+    print(f"wrote {report_folder(args.dir)}")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    from ._io import check_output_file
     from .models.small_vgg import train_small_vgg
+
+    if args.out is not None:
+        check_output_file(args.out, overwrite=args.overwrite)
 
     _, info = train_small_vgg(args.data, seed=args.seed, epochs=args.epochs, out=args.out, progress=not args.quiet)
     print(f"small_vgg_{args.data}: test accuracy {info['test_accuracy']:.2%} "
@@ -193,16 +264,17 @@ def _batch_size(text: str) -> int | str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="advlens", description="Adversarial attacks on image classifiers, seen through their explanations.")
+    p = _Parser(prog="advlens", description="Adversarial attacks on image classifiers, seen through their explanations.")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser, out: str | None) -> None:
         sp.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda (default: cpu)")
-        sp.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+        sp.add_argument("--seed", type=natural_int, default=0, help="random seed (default: 0)")
         sp.add_argument("--quiet", action="store_true", help="no progress bars")
         if out is not None:
-            sp.add_argument("--out", default=out, help=f"output folder (default: {out})")
+            sp.add_argument("--out", default=out, help=f"output (default: {out}); never replaces what advlens did not write")
+            overwrite_arg(sp)
 
     def speed_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--precision", default=None if sp.prog.endswith("study") else "fp32", choices=["fp32", "bf16"],
@@ -222,7 +294,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--model", default="efficientnet_lite0", help="model name (see `advlens models`)")
         sp.add_argument("--weights", default=None, help="state dict file (.pth/.safetensors) for the model")
         sp.add_argument("--images", default="samples", help="samples, digits, lfw, shapes, a folder or a file")
-        sp.add_argument("--limit", type=int, default=None, help="use at most N images")
+        sp.add_argument("--limit", type=positive_int, default=None, help="use at most N images")
 
     sp = sub.add_parser("models", help="list the registered models")
     sp.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'small_*'")
@@ -232,7 +304,7 @@ def _parser() -> argparse.ArgumentParser:
     common(sp, "advlens-demo")
     sp.add_argument("--model", default="efficientnet_lite0", help="model name (default: efficientnet_lite0)")
     sp.add_argument("--images", default="samples", help="image source (default: samples)")
-    sp.add_argument("--limit", type=int, default=None, help="use at most N images")
+    sp.add_argument("--limit", type=positive_int, default=None, help="use at most N images")
     sp.set_defaults(fn=_cmd_demo)
 
     sp = sub.add_parser("explain", help="explanation maps at every requested layer (one pass)")
@@ -251,11 +323,11 @@ def _parser() -> argparse.ArgumentParser:
     data_args(sp)
     sp.add_argument("--method", default="pgd",
                     help="fgsm, ifgsm, pgd, dlfuzz, cw, stadv, onepixel, adv2, advedge, advedge+")
-    sp.add_argument("--eps", type=float, default=8 / 255,
+    sp.add_argument("--eps", type=positive_float, default=8 / 255,
                     help="L-inf budget in [0,1] units (default 8/255); for ifgsm the largest eps tried")
-    sp.add_argument("--steps", type=int, default=10,
+    sp.add_argument("--steps", type=positive_int, default=10,
                     help="iterations: PGD, C&W, StAdv, ADV²/AdvEdge steps; DLFuzz iterations; one-pixel generations")
-    sp.add_argument("--alpha", type=float, default=None, help="PGD step (default eps/4; 1/255 for adv2/advedge)")
+    sp.add_argument("--alpha", type=positive_float, default=None, help="PGD step (default eps/4; 1/255 for adv2/advedge)")
     sp.add_argument("--target", default=None, help="targeted attack: a class index, or 'random' (seed 004's y_t)")
     sp.add_argument("--interpreter", default="cam", help="adv2/advedge/advedge+: grad, cam, gradcam, layercam, mask, rts")
     sp.add_argument("--base", default="pgd", help="adv2/advedge/advedge+: base framework pgd, cw or stadv")
@@ -274,8 +346,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--backend", default="local", choices=["local", "ray"],
                     help="local (default) or ray: chunks run as Ray tasks on $RAY_ADDRESS or a local Ray cluster")
     sp.add_argument("--device", default=None, help="torch device (default: the spec's, cpu)")
-    sp.add_argument("--seed", type=int, default=None, help="random seed (default: the spec's, 0)")
-    sp.add_argument("--limit", type=int, default=None, help="at most N images per data set")
+    sp.add_argument("--seed", type=natural_int, default=None, help="random seed (default: the spec's, 0)")
+    sp.add_argument("--limit", type=positive_int, default=None, help="at most N images per data set")
     sp.add_argument("--batch-size", type=_batch_size, default=None,
                     help="images per resumable chunk, or 'auto' (fits the device's free memory; fixed at the first run)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -297,8 +369,9 @@ def _parser() -> argparse.ArgumentParser:
     sp = sub.add_parser("train", help="train a small VGG on digits, lfw or shapes (cached)")
     common(sp, None)
     sp.add_argument("--data", required=True, help="digits, lfw or shapes")
-    sp.add_argument("--epochs", type=int, default=None)
+    sp.add_argument("--epochs", type=positive_int, default=None, help="training epochs (default: the data set's)")
     sp.add_argument("--out", default=None, help="weights file (default: the advlens cache)")
+    overwrite_arg(sp)
     sp.set_defaults(fn=_cmd_train)
     return p
 
@@ -310,12 +383,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.fn(args)
     except AdvlensError as e:
-        print(f"advlens: error: {e}", file=sys.stderr)
+        print(f"advlens: error: {_one_line(e)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("advlens: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a bug or the environment (disk full, out of memory): one line, -v shows the traceback
+        if args.verbose:
+            raise
+        kind = "out of memory" if "OutOfMemory" in type(e).__name__ else (
+            "system error" if isinstance(e, OSError) else "internal error (please report it)")
+        print(f"advlens: {kind}: {type(e).__name__}: {_one_line(e)} (run with -v for the traceback)", file=sys.stderr)
+        return 1
     return 0
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text if len(text) <= 400 else text[:397] + "..."
 
 
 if __name__ == "__main__":

@@ -19,8 +19,10 @@ def _cmd_train(args: argparse.Namespace) -> None:
     from .cli import _param_pairs
     from .data import load_images
     from .defend.recipes import adversarial_train, retrain, save_model
+    from ._io import check_output_file
     from .models import load_model
 
+    check_output_file(args.out, inputs=[args.weights, args.checkpoint], overwrite=args.overwrite)
     model = load_model(f"small_vgg_{args.data}", weights=args.weights, device=args.device)
     common = dict(epochs=args.epochs, seed=args.seed, checkpoint=args.checkpoint, progress=not args.quiet)
     extra = _param_pairs(args.param)
@@ -66,6 +68,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 def add_parser(sub, common, data_args) -> None:
     """Register ``advlens defend train|eval`` on the main parser's ``sub``."""
+    from .cli import natural_float, overwrite_arg, positive_float, positive_int
+
     p = sub.add_parser("defend", help="robust training and defenses under plain vs adaptive attacks (seeds 001, 004)")
     dsub = p.add_subparsers(dest="defend_command", required=True)
 
@@ -75,15 +79,16 @@ def add_parser(sub, common, data_args) -> None:
     sp.add_argument("--recipe", default="retrain-fgsm", choices=RECIPES,
                     help="retrain-fgsm / retrain-onepixel (seed 001 'immune' models), pgd_at, robust (seed 004)")
     sp.add_argument("--weights", default=None, help="start from these weights (default: the cached trained model)")
-    sp.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs (default 5)")
-    sp.add_argument("--n-attack", type=int, default=None, help="retrain: attack only the first N training images")
-    sp.add_argument("--eps", type=float, default=0.031, help="pgd_at/robust: PGD L-inf budget (default 0.031)")
-    sp.add_argument("--steps", type=int, default=7, help="pgd_at/robust: PGD steps per batch (default 7)")
-    sp.add_argument("--gamma", type=float, default=2.0, help="robust: weight of the interpretation difference (2)")
+    sp.add_argument("--epochs", type=positive_int, default=5, help="fine-tuning epochs (default 5)")
+    sp.add_argument("--n-attack", type=positive_int, default=None, help="retrain: attack only the first N training images")
+    sp.add_argument("--eps", type=positive_float, default=0.031, help="pgd_at/robust: PGD L-inf budget (default 0.031)")
+    sp.add_argument("--steps", type=positive_int, default=7, help="pgd_at/robust: PGD steps per batch (default 7)")
+    sp.add_argument("--gamma", type=natural_float, default=2.0, help="robust: weight of the interpretation difference (2)")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE",
                     help="other recipe parameters, e.g. --param lr=0.001 --param eps=0.05 (repeatable)")
     sp.add_argument("--checkpoint", default=None, help="checkpoint file written every epoch and resumed from")
     sp.add_argument("--out", required=True, help="weights file to write (.safetensors)")
+    overwrite_arg(sp)
     sp.set_defaults(fn=_cmd_train)
 
     sp = dsub.add_parser("eval", help="accuracy of a model behind an input transform: clean, transfer, plain, adaptive")
@@ -93,9 +98,9 @@ def add_parser(sub, common, data_args) -> None:
     sp.add_argument("--defense-param", action="append", metavar="KEY=VALUE",
                     help="transform parameter, e.g. k=3, bits=3, sigma=1, quality=75 (repeatable)")
     sp.add_argument("--attack", default="pgd", help="attack method (default pgd)")
-    sp.add_argument("--eps", type=float, default=0.031, help="L-inf budget of fgsm/pgd (default 0.031)")
-    sp.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
-    sp.add_argument("--alpha", type=float, default=None, help="PGD step (default eps/8)")
-    sp.add_argument("--eot", type=int, default=8, help="EOT draws against random transforms (default 8)")
+    sp.add_argument("--eps", type=positive_float, default=0.031, help="L-inf budget of fgsm/pgd (default 0.031)")
+    sp.add_argument("--steps", type=positive_int, default=20, help="PGD steps (default 20)")
+    sp.add_argument("--alpha", type=positive_float, default=None, help="PGD step (default eps/8)")
+    sp.add_argument("--eot", type=positive_int, default=8, help="EOT draws against random transforms (default 8)")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE", help="other attack parameters (repeatable)")
     sp.set_defaults(fn=_cmd_eval)

@@ -42,6 +42,10 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     from .cli import _param_pairs
     from .detect import DETECTORS, make
 
+    from ._io import check_output_file
+
+    check_output_file(args.out, inputs=[args.images, args.weights], overwrite=args.overwrite)
+    check_output_file(args.out + ".json", inputs=[args.images, args.weights], overwrite=args.overwrite)
     params = _param_pairs(args.param)
     if "seed" in getattr(DETECTORS.get(args.detector), "params", ()):
         params.setdefault("seed", args.seed)
@@ -56,9 +60,11 @@ def _cmd_fit(args: argparse.Namespace) -> None:
 def _cmd_score(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from ._io import write_parquet
+    from ._io import check_output_file, write_parquet
     from .detect import load
 
+    if args.out:
+        check_output_file(args.out, inputs=[args.images, args.detector_file], overwrite=args.overwrite)
     model = _model_for(args, args.detector_file)
     det = load(args.detector_file, model)
     batch = _images(args, model, args.split)
@@ -75,13 +81,14 @@ def _cmd_score(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from ._io import atomic_dir, write_json, write_parquet
+    from ._io import write_json, write_parquet
     from .attacks import attack
-    from .cli import _param_pairs
+    from .cli import _param_pairs, output_dir
     from .detect import load
     from .report.detection import roc_plot
     from .studies.detection import detection_table, strength_inputs
 
+    out = output_dir(args, "detect eval", args.images, args.detector_file, args.weights)
     model = _model_for(args, args.detector_file)
     det = load(args.detector_file, model)
     batch = _images(args, model, args.split)
@@ -97,7 +104,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     label = Path(args.detector_file).name
     results = pd.concat(rows, ignore_index=True).assign(model=model.name, detector=label)
     table = detection_table(results)
-    with atomic_dir(args.out) as tmp:
+    with out.writing() as tmp:
         write_parquet(results, tmp / "results.parquet")
         write_parquet(table, tmp / "summary.parquet")
         write_json({"detector": str(args.detector_file), "attack": args.attack, "params": params,
@@ -110,6 +117,8 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 def add_parser(sub, common, data_args) -> None:
     """Register ``advlens detect`` and its three subcommands on the main parser's ``sub``."""
+    from .cli import overwrite_arg, positive_float, positive_int
+
     p = sub.add_parser("detect", help="fit, apply and evaluate adversarial-input detectors (seeds 002, 004)")
     dsub = p.add_subparsers(dest="detect_command", required=True)
 
@@ -132,16 +141,17 @@ def add_parser(sub, common, data_args) -> None:
     sp.add_argument("detector_file", help="a detector written by `advlens detect fit`")
     shared(sp, "all", None)
     sp.add_argument("--out", default=None, help="also write the scores to this Parquet file")
+    overwrite_arg(sp)
     sp.set_defaults(fn=_cmd_score)
 
     sp = dsub.add_parser("eval", help="TPR / TNR / ROC-AUC of a saved detector against an attack and matched noise")
     sp.add_argument("detector_file", help="a detector written by `advlens detect fit`")
     shared(sp, "test", "advlens-detect-eval")
     sp.add_argument("--attack", default="pgd", help="attack method (default pgd)")
-    sp.add_argument("--eps", type=float, default=0.031, help="PGD L-inf budget (default 0.031)")
-    sp.add_argument("--steps", type=int, default=20, help="PGD steps (default 20)")
-    sp.add_argument("--alpha", type=float, default=None, help="PGD step (default eps/8)")
-    sp.add_argument("--strengths", type=float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0],
+    sp.add_argument("--eps", type=positive_float, default=0.031, help="PGD L-inf budget (default 0.031)")
+    sp.add_argument("--steps", type=positive_int, default=20, help="PGD steps (default 20)")
+    sp.add_argument("--alpha", type=positive_float, default=None, help="PGD step (default eps/8)")
+    sp.add_argument("--strengths", type=positive_float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0],
                     help="perturbation scales (seed 002: 0.25 … 4)")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE", help="other attack parameters (repeatable)")
     sp.set_defaults(fn=_cmd_eval)

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 
 from .. import metrics
-from .._io import atomic_dir, versions, write_json, write_parquet
+from .._io import OutputDir, versions, write_json, write_parquet
 from ..attacks import attack, matched_noise
 from ..data import load_images
 from ..models import load_model
@@ -50,12 +50,16 @@ class DemoConfig:
     device: str = "cpu"
 
 
-def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True) -> Path:
+def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True, overwrite: bool = False) -> Path:
     """Run the demo and write ``out/``: ``results.parquet``, ``spec.json``, ``figures/``, ``report.html``.
 
-    The folder is built aside and moved into place at the end (nothing half-written on failure).
+    ``out`` is checked before any work and filled at the end (:class:`advlens._io.OutputDir`: nothing
+    half-written on failure, nothing advlens did not write is replaced; ``overwrite`` writes beside the
+    files of a non-empty folder).
     """
     from tqdm.auto import tqdm
+
+    folder = OutputDir(out, "demo", inputs=[cfg.images], overwrite=overwrite)
 
     torch.manual_seed(cfg.seed)
     model = load_model(cfg.model, device=cfg.device)
@@ -106,7 +110,7 @@ def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True) -> Path:
     spec = {"study": "demo", **asdict(cfg), "n_images": len(x), "image_names": batch.names,
             "versions": versions(), "seconds": round(time.perf_counter() - t0, 1)}
     out = Path(out)
-    with atomic_dir(out) as tmp:
+    with folder.writing() as tmp:
         write_parquet(results, tmp / "results.parquet")
         write_parquet(attacks_df, tmp / "attacks.parquet")
         write_json(spec, tmp / "spec.json")

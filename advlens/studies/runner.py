@@ -13,6 +13,7 @@ the driver still writes every chunk and merges them in plan order, so the result
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import logging
@@ -27,10 +28,11 @@ import pandas as pd
 import torch
 
 from .._checks import AdvlensError, unknown_name
-from .._io import atomic_write, versions, write_json, write_parquet
-from .spec import StudySpec
+from .._io import (atomic_write, check_not_inside, check_writable, read_manifest, remove_stale_temporaries, versions,
+                   write_json, write_parquet)
+from .spec import STUDIES, StudySpec
 
-__all__ = ["Unit", "run_study", "build_report", "read_tables"]
+__all__ = ["Unit", "run_study", "build_report", "read_tables", "report_folder", "runtime"]
 
 log = logging.getLogger(__name__)
 
@@ -61,11 +63,71 @@ def _read_spec_file(out: Path, spec: StudySpec) -> dict[str, Any] | None:
         return None
     try:
         old = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         raise AdvlensError(f"{path} is corrupt; remove it or use another --out") from None
-    if old.get("identity") != json.loads(json.dumps(spec.identity())):
+    if not isinstance(old, dict) or old.get("identity") != json.loads(json.dumps(spec.identity())):
         raise AdvlensError(f"{out} holds results of a different study spec; use another --out folder")
     return old
+
+
+def _check_out(out: Path, spec: StudySpec) -> None:
+    """Before any work: ``out`` is a new or empty folder, or a study folder (``spec.json``), outside the
+    inputs and writable. A study never writes into a folder it does not own."""
+    if out.exists() and not out.is_dir():
+        raise AdvlensError(f"--out {out} is an existing file, not a folder; choose another --out")
+    from ._common import entries
+
+    inputs = [p for e in entries(spec) for p in (e.get("data"), e.get("weights")) if isinstance(p, str)]
+    check_not_inside(out, [*inputs, *([spec.weights] if spec.weights else [])], "--out")
+    if out.is_dir() and any(out.iterdir()) and not (out / "spec.json").exists():
+        meta = read_manifest(out)
+        what = f"the output of `advlens {meta.get('command')}`" if meta else "not empty and not an advlens study folder"
+        raise AdvlensError(f"--out {out} is {what}; choose a new or empty folder for the study")
+    check_writable(out, "--out")
+
+
+@contextlib.contextmanager
+def _locked(out: Path) -> Iterator[bool]:
+    """Hold ``out/.advlens.lock`` (an OS file lock: released when the process dies) while a run writes
+    ``out``; a second run on the same folder is refused with one line. Yields whether ``out`` was created
+    here; such a folder is removed again if the run fails before writing anything but the lock."""
+    from filelock import FileLock, Timeout
+
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out / LOCK), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        raise AdvlensError(f"--out {out} is being written by another advlens run (lock {out / LOCK}); "
+                           f"wait for it to finish or choose another --out") from None
+    ok = False
+    try:
+        yield created
+        ok = True
+    finally:
+        lock.release()
+        if created and not ok and [p.name for p in out.iterdir()] == [LOCK]:
+            (out / LOCK).unlink()
+            out.rmdir()
+
+
+LOCK = ".advlens.lock"
+
+
+@contextlib.contextmanager
+def runtime(threads: int, device: str) -> Iterator[None]:
+    """Apply a study's recorded compute settings (restored after): the intra-op thread count, and on CUDA
+    cuDNN's deterministic kernels without autotuning, so local, resumed and Ray runs give identical tables."""
+    before = (torch.get_num_threads(), torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark)
+    torch.set_num_threads(threads)
+    if str(device).startswith("cuda"):
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before[0])
+        torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = before[1:]
 
 
 def _chunk_size(spec: StudySpec, old: dict[str, Any] | None) -> int:
@@ -85,12 +147,13 @@ def _chunk_size(spec: StudySpec, old: dict[str, Any] | None) -> int:
 BACKENDS = ("local", "ray")
 
 
-def _execute(units: list[Unit], backend: str, device: str) -> Iterator[tuple[Unit, Tables]]:
+def _execute(units: list[Unit], backend: str, device: str, threads: int) -> Iterator[tuple[Unit, Tables]]:
     """Run ``units`` and yield ``(unit, tables)`` as each finishes: in order (``local``), or as Ray tasks
-    (``ray``: one CPU each, one GPU each when the spec's device is CUDA) in the order they complete."""
+    (``ray``: one CPU each, one GPU each when the spec's device is CUDA) in the order they complete.
+    Every unit runs under :func:`runtime` ``(threads, device)`` wherever it runs."""
     if backend == "local":
         for unit in units:
-            yield unit, unit.run(*unit.shared)
+            yield unit, _run_unit(unit.run, threads, device, *unit.shared)
         return
     import ray
 
@@ -114,15 +177,17 @@ def _execute(units: list[Unit], backend: str, device: str) -> Iterator[tuple[Uni
     while queue or pending:
         while queue and len(pending) < window:
             unit = queue.pop(0)
-            pending[task.remote(unit.run, *(put(o) for o in unit.shared))] = unit
+            pending[task.remote(unit.run, threads, device, *(put(o) for o in unit.shared))] = unit
         done, _ = ray.wait(list(pending), num_returns=1)
         for ref in done:
             yield pending.pop(ref), ray.get(ref)
 
 
-def _run_unit(run: Callable[..., Tables], *shared: Any) -> Tables:
-    """A unit's work inside a Ray worker (Ray resolves the shared objects' refs); tensors come back on the CPU."""
-    tables = run(*shared)
+def _run_unit(run: Callable[..., Tables], threads: int, device: str, *shared: Any) -> Tables:
+    """A unit's work under the study's :func:`runtime` (in a Ray worker, Ray resolves the shared objects'
+    refs); example tensors come back on the CPU."""
+    with runtime(threads, device):
+        tables = run(*shared)
     if "examples" in tables:
         tables["examples"] = {k: v.detach().cpu() for k, v in tables["examples"].items()}
     return tables
@@ -138,16 +203,29 @@ def run_study(spec: StudySpec, out: str | Path, progress: bool = True, backend: 
     """
     if backend not in BACKENDS:
         raise unknown_name("backend", backend, BACKENDS)
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise AdvlensError(f"--out {out} exists and is not a folder")
+    out = Path(out).expanduser()
+    _check_out(out, spec)
     old = _read_spec_file(out, spec) if out.is_dir() else None
     size = _chunk_size(spec, old)
     units = _module(spec.study).plan(replace(spec, batch_size=size))  # validates models/data before writing
-    out.mkdir(parents=True, exist_ok=True)
-    if old is None:
-        write_json({"spec": spec.to_dict(), "identity": spec.identity(), "batch_size": size, "versions": versions()},
-                   out / "spec.json")
+    with _locked(out):
+        if (_read_spec_file(out, spec) is None) != (old is None):  # another run started the folder meanwhile
+            raise AdvlensError(f"--out {out} was started by another advlens run meanwhile; run the command again")
+        removed = remove_stale_temporaries(out)  # left by a run killed mid-write
+        if removed:
+            log.info("removed %d stale temporary files in %s", removed, out)
+        threads = old["threads"] if old is not None and isinstance(old.get("threads"), int) else torch.get_num_threads()
+        record = None if old is not None else {"spec": spec.to_dict(), "identity": spec.identity(), "batch_size": size,
+                                                "threads": threads, "versions": versions()}
+        _run_units(out, spec, units, backend, threads, record, progress)
+        _merge(out, [u.key for u in units])
+        return build_report(out)
+
+
+def _run_units(out: Path, spec: StudySpec, units: list[Unit], backend: str, threads: int,
+               record: dict[str, Any] | None, progress: bool) -> None:
+    """Run the units without a ``results`` chunk and write their chunks. A new study's ``record`` becomes
+    ``spec.json`` once its first unit succeeded, so a spec that fails is never recorded."""
     chunks = out / "chunks"
     done = {p.stem for p in (chunks / "results").glob("*.parquet")} if chunks.exists() else set()
     todo = [u for u in units if u.key not in done]
@@ -156,23 +234,28 @@ def run_study(spec: StudySpec, out: str | Path, progress: bool = True, backend: 
     bar = tqdm(total=len(units), initial=len(units) - len(todo), desc=f"study {spec.study}", unit="chunk",
                disable=not progress)
     start = time.perf_counter()
-    for unit, tables in _execute(todo, backend, spec.device):
-        bar.set_postfix_str(unit.key)
-        if "results" not in tables:
-            raise RuntimeError(f"study unit {unit.key} produced no results table")
-        for name, table in sorted(tables.items(), key=lambda kv: kv[0] == "results"):
-            if name == "examples":
-                from safetensors.torch import save
+    try:
+        for unit, tables in _execute(todo, backend, spec.device, threads):
+            bar.set_postfix_str(unit.key)
+            if "results" not in tables:
+                raise RuntimeError(f"study unit {unit.key} produced no results table")
+            if record is not None:
+                write_json(record, out / "spec.json")
+                record = None
+            for name, table in sorted(tables.items(), key=lambda kv: kv[0] == "results"):
+                if name == "examples":
+                    from safetensors.torch import save
 
-                data = {k: v.detach().cpu().contiguous() for k, v in table.items()}
-                atomic_write(chunks / "examples" / f"{unit.key}.safetensors", lambda f, d=data: f.write(save(d)))
-            else:
-                write_parquet(table, chunks / name / f"{unit.key}.parquet")
-        bar.update()
-    bar.close()
+                    data = {k: v.detach().cpu().contiguous() for k, v in table.items()}
+                    atomic_write(chunks / "examples" / f"{unit.key}.safetensors", lambda f, d=data: f.write(save(d)))
+                else:
+                    write_parquet(table, chunks / name / f"{unit.key}.parquet")
+            bar.update()
+    finally:
+        bar.close()
+    if record is not None:  # nothing to run (no units)
+        write_json(record, out / "spec.json")
     log.info("ran %d of %d units in %.1f s", len(todo), len(units), time.perf_counter() - start)
-    _merge(out, [u.key for u in units])
-    return build_report(out)
 
 
 def _merge(out: Path, keys: list[str]) -> None:
@@ -184,19 +267,41 @@ def _merge(out: Path, keys: list[str]) -> None:
 
 
 def read_tables(out: str | Path) -> tuple[dict[str, Any], dict[str, pd.DataFrame], dict[str, torch.Tensor]]:
-    """Read ``spec.json``, every ``<table>.parquet`` and the example maps of a study folder."""
+    """Read ``spec.json``, every ``<table>.parquet`` and the example maps of a study folder.
+
+    Raises:
+        AdvlensError: not a finished study folder, or a file in it that cannot be read (one line naming it).
+    """
     out = Path(out)
     if not (out / "spec.json").is_file() or not (out / "results.parquet").is_file():
         raise AdvlensError(f"{out} is not a finished study folder (needs spec.json and results.parquet)")
-    meta = json.loads((out / "spec.json").read_text())
-    tables = {p.stem: pd.read_parquet(p) for p in sorted(out.glob("*.parquet"))}
+    try:
+        meta = json.loads((out / "spec.json").read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AdvlensError(f"cannot read {out / 'spec.json'}: {type(e).__name__}: {e}") from None
+    if not isinstance(meta, dict):
+        raise AdvlensError(f"{out / 'spec.json'} is not a study record (a JSON object)")
+    if meta.get("study") == "demo":
+        raise AdvlensError(f"{out} is a demo folder: its report was written by `advlens demo`, which rebuilds it")
+    study = meta.get("spec", {}).get("study") if isinstance(meta.get("spec"), dict) else None
+    if study not in STUDIES:
+        raise unknown_name(f"study in {out / 'spec.json'}:", study, STUDIES)
+    tables: dict[str, pd.DataFrame] = {}
+    for p in sorted(out.glob("*.parquet")):
+        try:
+            tables[p.stem] = pd.read_parquet(p)
+        except Exception as e:  # pyarrow raises several types for a damaged file
+            raise AdvlensError(f"cannot read {p}: {type(e).__name__}: {' '.join(str(e).split())[:200]}") from None
     examples: dict[str, torch.Tensor] = {}
     ex_dir = out / "chunks" / "examples"
     if ex_dir.is_dir():
         from safetensors.torch import load_file
 
         for p in sorted(ex_dir.glob("*.safetensors")):
-            examples.update(load_file(str(p)))
+            try:
+                examples.update(load_file(str(p)))
+            except Exception as e:  # SafetensorError, OSError
+                raise AdvlensError(f"cannot read {p}: {type(e).__name__}: {e}") from None
     return meta, tables, examples
 
 
@@ -204,3 +309,11 @@ def build_report(out: str | Path) -> Path:
     """Rebuild ``figures/`` and ``report.html`` of a study folder from its files alone."""
     meta, tables, examples = read_tables(out)
     return _module(meta["spec"]["study"]).report(Path(out), meta, tables, examples)
+
+
+def report_folder(out: str | Path) -> Path:
+    """``advlens report DIR``: :func:`build_report` while holding the folder's lock (not during a run)."""
+    out = Path(out).expanduser()
+    read_tables(out)  # a finished study folder, or one line saying why not
+    with _locked(out):
+        return build_report(out)
