@@ -296,5 +296,5 @@ def test_a_study_and_a_detector_run_against_a_defended_model(tmp_path, digits_mo
     run_study(spec, tmp_path / "mv", progress=False)
     imgs = pd.read_parquet(tmp_path / "mv" / "images.parquet")
     assert imgs.correct.all()  # FGSM's gradient through bit squeezing is zero: the masked defense looks perfect
-    with pytest.raises(AdvlensError, match="needs a 'kind' key"):
+    with pytest.raises(AdvlensError, match=r"key 'models\[0\].defense': must be a table with a 'kind' key"):
         run_study(load_spec(preset="seed003", models=[{**entry, "defense": {"bits": 3}}]), tmp_path / "x", progress=False)

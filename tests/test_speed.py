@@ -88,7 +88,7 @@ def test_study_auto_batch_size_is_fixed_at_the_first_run(tmp_path, digits_model,
     monkeypatch.setattr(batching, "auto_batch_size", lambda model, **kw: 1)  # more memory free now: ignored
     run_study(spec, tmp_path / "s", progress=False)
     assert sorted(p.name for p in (tmp_path / "s" / "chunks" / "results").glob("*.parquet")) == chunks
-    with pytest.raises(AdvlensError, match="batch_size must be a positive integer or 'auto'"):
+    with pytest.raises(AdvlensError, match="key 'batch_size': .*'auto', got 'big'"):
         load_spec(preset="seed003", batch_size="big")
 
 
@@ -148,7 +148,7 @@ def test_compiled_model_gives_eager_logits_attacks_and_maps(model, digits_test):
 def test_study_spec_compile_is_checked_and_not_part_of_the_identity():
     a = load_spec(preset="seed003", compile="default")
     assert a.identity() == load_spec(preset="seed003").identity()
-    with pytest.raises(AdvlensError, match="compile must be 'off' or one of"):
+    with pytest.raises(AdvlensError, match="key 'compile': must be 'off', 'default'.*got 'fast'"):
         load_spec(preset="seed003", compile="fast")
 
 

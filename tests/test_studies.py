@@ -47,12 +47,19 @@ def test_specs_from_presets_and_toml(spec_file):
 
 
 @pytest.mark.parametrize("text, message", [
-    ('study = "layer_shift"\nstrenghts = [1]', r"unknown key\(s\) \['strenghts'\]"),
+    ('study = "layer_shift"\nstrenghts = [1]', "unknown key 'strenghts' for a layer_shift study; did you mean 'strengths'"),
     ('study = "layer_shif"', "unknown study 'layer_shif'; did you mean 'layer_shift'"),
-    ("strengths = [0, 1]", "strengths must be a non-empty list of positive numbers"),
-    ('attack = {eps = 1}', "must be a table with a 'method' key"),
+    ("strengths = [0, 1]", r"key 'strengths\[0\]': must be greater than 0, got 0"),
+    ("strengths = []", "key 'strengths': List should have at least 1 item"),
+    ('attack = {eps = 1}', "key 'attack': must be a table with a 'method' key"),
     ("study = [", "cannot parse study spec"),
-    ('explain_target = "adv"', "explain_target must be 'predicted' or 'clean'"),
+    ('explain_target = "adv"', "key 'explain_target': must be 'predicted' or 'clean', got 'adv'"),
+    ('limit = "two"', "key 'limit': must be a valid integer, got 'two'"),
+    ("layers = 5", "key 'layers': .*got 5"),
+    ('explainers = "gradcam"', "key 'explainers': must be a valid list, got 'gradcam'"),
+    ("examples = -1", "key 'examples': must be greater than or equal to 0, got -1"),
+    ('study = "mod_vid"', "key 'models': is required"),
+    ('study = "detection"\nfit_size = "x"', "key 'fit_size': must be a valid integer, got 'x'"),
 ])
 def test_bad_specs_fail_clearly(tmp_path, text, message):
     path = tmp_path / "bad.toml"

@@ -21,7 +21,7 @@ train images (``fit_size``) and attacked by plain PGD and by PGD that also lower
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -35,9 +35,29 @@ from ..explain import explain
 from ..metrics import cosine, kendall_tau
 from ._common import entries_on_test_split, load_entry, safe_name
 from .runner import Unit
-from .spec import StudySpec
+from .spec import FitSize, KindTables, StudySpec, register_study
 
-__all__ = ["plan", "report", "TRAINED", "GRADIENT_ATTACKS", "table1", "accuracy_table"]
+__all__ = ["DefensesSpec", "plan", "report", "TRAINED", "GRADIENT_ATTACKS", "table1", "accuracy_table"]
+
+
+class DefensesSpec(StudySpec):
+    """Settings of the defenses study (seeds 001, 002, 004) under plain and adaptive attacks.
+
+    Attributes:
+        defenses: ``{kind, **params}`` tables — ``none``, an input transform (``median``, ``squeeze``,
+            ``blur``, ``jpeg``, ``noise``) or a training recipe (``retrain-fgsm``, ``retrain-onepixel``,
+            ``pgd_at``, ``robust``); ``attacks = [...]`` limits the attacks run on it.
+        detectors: ``{kind, **params}`` tables fitted and evaluated beside (optional).
+        fit_size: train-split images each detector is fitted on (at least 8).
+    """
+
+    study: Literal["defenses"] = "defenses"
+    defenses: KindTables
+    detectors: KindTables
+    fit_size: FitSize
+
+
+register_study("defenses", DefensesSpec)
 
 #: training defenses: kind -> (recipe, its fixed arguments)
 TRAINED = {
@@ -51,7 +71,7 @@ DEFAULT_ATTACKS = {"fgsm": {"eps": 0.1}, "pgd": {"eps": 0.031, "alpha": 0.031 / 
                    "onepixel": {"pixels": 1, "popsize": 100, "iterations": 30}}
 
 
-def _attacks(spec: StudySpec) -> dict[str, dict[str, Any]]:
+def _attacks(spec: DefensesSpec) -> dict[str, dict[str, Any]]:
     names = [a for a in spec.attack["method"].split("+") if a]
     for a in names:
         if a not in DEFAULT_ATTACKS:
@@ -65,7 +85,7 @@ def _check_defense(cfg: dict[str, Any]) -> None:
         raise unknown_name("defense", kind, ["none", *TRANSFORMS, *TRAINED])
 
 
-def plan(spec: StudySpec) -> list[Unit]:
+def plan(spec: DefensesSpec) -> list[Unit]:
     """One unit per model entry × defense (``none`` first, added when missing)."""
     attacks = _attacks(spec)
     configs = [dict(c) for c in spec.defenses]
@@ -88,7 +108,7 @@ def plan(spec: StudySpec) -> list[Unit]:
     return units
 
 
-def _detectors(spec: StudySpec, attacks, model, batch, fit) -> dict[str, Any]:
+def _detectors(spec: DefensesSpec, attacks, model, batch, fit) -> dict[str, Any]:
     """Each detector fitted on train images, then PGD plain vs PGD that also lowers the detector's score."""
     from ..defend.detector_attack import detector_attack
     from ..detect import make
@@ -115,7 +135,7 @@ def _detectors(spec: StudySpec, attacks, model, batch, fit) -> dict[str, Any]:
     return {"results": pd.DataFrame(rows[:0]), "detectors": pd.DataFrame(rows)}
 
 
-def _defended(spec: StudySpec, model, cfg: dict[str, Any], data: str):
+def _defended(spec: DefensesSpec, model, cfg: dict[str, Any], data: str):
     kind, params = cfg["kind"], {k: v for k, v in cfg.items() if k not in ("kind", "attacks")}
     if kind == "none":
         return model, {}
@@ -138,7 +158,7 @@ def _shift(model, clean_maps: torch.Tensor, x_adv: torch.Tensor, y: torch.Tensor
     return kendall_tau(clean_maps, b).cpu(), cosine(clean_maps, b).cpu()
 
 
-def _run(spec: StudySpec, attacks, model, batch, cfg, entry, memo) -> dict[str, Any]:
+def _run(spec: DefensesSpec, attacks, model, batch, cfg, entry, memo) -> dict[str, Any]:
     dev = model.device
     x, y = batch.x.to(dev), batch.y.to(dev)
     start = time.perf_counter()
@@ -177,7 +197,7 @@ def _run(spec: StudySpec, attacks, model, batch, cfg, entry, memo) -> dict[str, 
     return out
 
 
-def _sweep(spec: StudySpec, model, x: torch.Tensor, y: torch.Tensor, clean_maps: torch.Tensor) -> pd.DataFrame:
+def _sweep(spec: DefensesSpec, model, x: torch.Tensor, y: torch.Tensor, clean_maps: torch.Tensor) -> pd.DataFrame:
     """Seed 004 Table VI: accuracy and Kendall τ (clean vs PGD Grad-CAM) at each ε of the sweep."""
     rows = []
     steps = int(spec.attack.get("sweep_steps", 10))

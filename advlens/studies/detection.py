@@ -15,7 +15,7 @@ from __future__ import annotations
 import itertools
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -26,9 +26,28 @@ from ..data import load_images
 from ..detect import EnsembleDetector, interpreter_maps, make
 from ._common import entries_on_test_split, load_entry, safe_name
 from .runner import Unit
-from .spec import StudySpec
+from .spec import FitSize, KindTables, Strengths, StudySpec, register_study
 
-__all__ = ["plan", "report", "detection_table", "blur_table", "strength_inputs", "DEFAULT_DETECTORS", "BLUR_SIGMA"]
+__all__ = ["DetectionSpec", "plan", "report", "detection_table", "blur_table", "strength_inputs", "DEFAULT_DETECTORS", "BLUR_SIGMA"]
+
+
+class DetectionSpec(StudySpec):
+    """Settings of the detection study (seeds 002 and 004).
+
+    Attributes:
+        strengths: perturbation scales of the adversarial and noise inputs scored.
+        detectors: ``{kind, **params}`` tables (``behavior``, ``noisecam``, ``ensemble``; an ensemble with
+            ``sets = true`` is also fitted on every interpreter subset).
+        fit_size: train-split images each detector is fitted on (at least 8).
+    """
+
+    study: Literal["detection"] = "detection"
+    strengths: Strengths
+    detectors: KindTables
+    fit_size: FitSize
+
+
+register_study("detection", DetectionSpec)
 
 #: detectors of a spec that lists none
 DEFAULT_DETECTORS = [{"kind": "behavior"}, {"kind": "noisecam"}, {"kind": "ensemble"}]
@@ -43,7 +62,7 @@ def detector_label(cfg: dict[str, Any]) -> str:
     return cfg["kind"]
 
 
-def plan(spec: StudySpec) -> list[Unit]:
+def plan(spec: DetectionSpec) -> list[Unit]:
     """One unit per model entry: fit every detector, then score every condition and strength."""
     units = []
     for mi, entry in enumerate(entries_on_test_split(spec, "scores split 'test' and fits on split 'train'")):
@@ -57,7 +76,7 @@ def plan(spec: StudySpec) -> list[Unit]:
     return units
 
 
-def _run(spec: StudySpec, model, batch, fit, configs) -> dict[str, Any]:
+def _run(spec: DetectionSpec, model, batch, fit, configs) -> dict[str, Any]:
     import kornia
 
     dev = model.device
@@ -120,7 +139,7 @@ def _blur_kernel(sigma: float) -> tuple[int, int]:
     return (k, k)
 
 
-def _fit_adversarial(spec: StudySpec, model, x_fit: torch.Tensor) -> torch.Tensor:
+def _fit_adversarial(spec: DetectionSpec, model, x_fit: torch.Tensor) -> torch.Tensor:
     """The ensemble's adversarial training examples: the spec's attack on the fit images (successes)."""
     params = {k: v for k, v in spec.attack.items() if k != "method"}
     res = attack(model, x_fit, None, spec.attack["method"], seed=spec.seed + 1, **params)

@@ -15,7 +15,7 @@ targeted at ``y_t = (y + randint(1, C)) mod C`` (REFERENCE.md), and records per 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -28,9 +28,25 @@ from ..explain import explain
 from ..report import Section, bar_plot, map_grid, write_report
 from ._common import safe_name, units_per_chunk
 from .runner import Unit
-from .spec import StudySpec
+from .spec import Explainers, StudySpec, register_study
 
-__all__ = ["plan", "report", "attack_table", "transfer_table"]
+__all__ = ["InterpreterAttackSpec", "plan", "report", "attack_table", "transfer_table"]
+
+
+class InterpreterAttackSpec(StudySpec):
+    """Settings of the interpreter-attack study (seed 004).
+
+    Attributes:
+        explainers: the interpreters attacked and evaluated (``grad``, ``cam``, ``gradcam``, ``mask``, ``rts``…).
+        attack: also reads ``bases`` (``pgd``/``cw``/``stadv``), ``variants`` (``adv2``/``advedge``/``advedge+``)
+            and ``targeted``.
+    """
+
+    study: Literal["interpreter_attack"] = "interpreter_attack"
+    explainers: Explainers
+
+
+register_study("interpreter_attack", InterpreterAttackSpec)
 
 VARIANTS = ("adv2", "advedge", "advedge+")
 #: attack parameters each base framework takes from ``spec.attack`` (the rest are shared)
@@ -40,7 +56,7 @@ _SHARED_KEYS = ("steps",)
 _VARIANT_KEYS = ("lam", "phi", "smooth_tau", "mask_steps")
 
 
-def _settings(spec: StudySpec) -> dict[str, Any]:
+def _settings(spec: InterpreterAttackSpec) -> dict[str, Any]:
     a = dict(spec.attack)
     bases, variants = a.pop("bases", ["pgd"]), a.pop("variants", list(VARIANTS))
     a.pop("method", None)
@@ -61,7 +77,7 @@ def _settings(spec: StudySpec) -> dict[str, Any]:
     return {"bases": bases, "variants": variants, "targeted": targeted, "params": a}
 
 
-def plan(spec: StudySpec) -> list[Unit]:
+def plan(spec: InterpreterAttackSpec) -> list[Unit]:
     """One unit per model × chunk of ``batch_size`` images."""
     settings = _settings(spec)
     return units_per_chunk(spec, lambda m, b, sl, i, e: _run(spec, settings, m, b, sl, i, e))
@@ -86,7 +102,7 @@ def _attack_kwargs(base: str, variant: str | None, params: dict[str, Any]) -> di
     return kw
 
 
-def _run(spec: StudySpec, settings: dict[str, Any], model, batch, sl, i: int, entry: dict[str, Any]) -> dict[str, Any]:
+def _run(spec: InterpreterAttackSpec, settings: dict[str, Any], model, batch, sl, i: int, entry: dict[str, Any]) -> dict[str, Any]:
     x = batch.x[sl].to(model.device)
     names, n = batch.names[sl], len(x)
     with torch.no_grad():

@@ -10,7 +10,7 @@ the authors' code uses the mean (``noise_rule = "mean"``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pandas as pd
 import torch
@@ -23,12 +23,37 @@ from ..models import ClassifierModel
 from ..report import Section, bar_plot, layer_shift_plot, map_grid, write_report
 from ._common import chunks, load_entry, maps_in_batches, similarity_rows
 from .runner import Unit
-from .spec import StudySpec
+from .spec import Explainers, Layers, Metrics, Strengths, StudySpec, register_study
 
-__all__ = ["plan", "report", "compromise_table"]
+__all__ = ["LayerShiftSpec", "plan", "report", "compromise_table"]
 
 
-def plan(spec: StudySpec) -> list[Unit]:
+class LayerShiftSpec(StudySpec):
+    """Settings of the layer-shift study (seed 000): the attack's perturbation scaled by each strength
+    against matched Gaussian noise, the explanations compared per layer.
+
+    Attributes:
+        strengths: perturbation scales (seed 000: 0.25 … 4).
+        explainers, layers, metrics: what is computed and compared at every layer.
+        noise_rule: the compromise threshold, ``median`` of the noise similarities (paper) or ``mean``
+            (the authors' code).
+        explain_target: class each map explains: ``predicted`` (the input's own prediction, seed 000)
+            or ``clean`` (the clean image's prediction on every input).
+    """
+
+    study: Literal["layer_shift"] = "layer_shift"
+    strengths: Strengths
+    explainers: Explainers
+    layers: Layers
+    metrics: Metrics
+    noise_rule: Literal["median", "mean"] = "median"
+    explain_target: Literal["predicted", "clean"] = "predicted"
+
+
+register_study("layer_shift", LayerShiftSpec)
+
+
+def plan(spec: LayerShiftSpec) -> list[Unit]:
     """One unit per chunk of ``batch_size`` images."""
     model, batch = load_entry({"model": spec.model, "data": spec.data, "weights": spec.weights,
                                "split": spec.split}, spec)

@@ -10,9 +10,10 @@ window 11, σ 1.5, C1 = 0.01², C2 = 0.03², valid region (as skimage).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import pandas as pd
+from pydantic import Field
 import torch
 
 from .. import metrics as M
@@ -22,12 +23,33 @@ from ..explain.api import layers_for
 from ..report import Section, layer_shift_plot, map_grid, write_report
 from ._common import chunks, load_entry, maps_in_batches, safe_name, similarity_rows
 from .runner import Unit
-from .spec import StudySpec
+from .spec import Explainers, Layers, Metrics, ModelEntry, Strengths, StudySpec, register_study
 
-__all__ = ["plan", "report", "mod_vid_table"]
+__all__ = ["ModVidSpec", "plan", "report", "mod_vid_table"]
 
 
-def plan(spec: StudySpec) -> list[Unit]:
+class ModVidSpec(StudySpec):
+    """Settings of the MOD/VID study (seed 003): FGSM at each eps, white-box and transferred from a
+    surrogate, on every architecture of ``models``.
+
+    Attributes:
+        models: one entry per architecture (at least one), each optionally with a ``surrogate``.
+        strengths: the FGSM eps values (seed 003: 0.01 … 0.1).
+        explainers, layers, metrics: what is computed and compared at every layer (NISSIM always).
+    """
+
+    study: Literal["mod_vid"] = "mod_vid"
+    models: Annotated[list[ModelEntry], Field(min_length=1)]
+    strengths: Strengths
+    explainers: Explainers
+    layers: Layers
+    metrics: Metrics
+
+
+register_study("mod_vid", ModVidSpec)
+
+
+def plan(spec: ModVidSpec) -> list[Unit]:
     """One unit per architecture × chunk of ``batch_size`` images."""
     if spec.attack.get("method") != "fgsm":
         raise AdvlensError(f"the mod_vid study uses FGSM (seed 003); got attack {spec.attack.get('method')!r}")

@@ -20,7 +20,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +30,7 @@ import torch
 from .._checks import AdvlensError, unknown_name
 from .._io import (atomic_write, check_not_inside, check_writable, read_manifest, remove_stale_temporaries, versions,
                    write_json, write_parquet)
-from .spec import STUDIES, StudySpec
+from .spec import StudySpec, list_studies
 
 __all__ = ["Unit", "run_study", "build_report", "read_tables", "report_folder", "runtime"]
 
@@ -207,7 +207,7 @@ def run_study(spec: StudySpec, out: str | Path, progress: bool = True, backend: 
     _check_out(out, spec)
     old = _read_spec_file(out, spec) if out.is_dir() else None
     size = _chunk_size(spec, old)
-    units = _module(spec.study).plan(replace(spec, batch_size=size))  # validates models/data before writing
+    units = _module(spec.study).plan(spec.model_copy(update={"batch_size": size}))  # validates models/data before writing
     with _locked(out):
         if (_read_spec_file(out, spec) is None) != (old is None):  # another run started the folder meanwhile
             raise AdvlensError(f"--out {out} was started by another advlens run meanwhile; run the command again")
@@ -284,8 +284,8 @@ def read_tables(out: str | Path) -> tuple[dict[str, Any], dict[str, pd.DataFrame
     if meta.get("study") == "demo":
         raise AdvlensError(f"{out} is a demo folder: its report was written by `advlens demo`, which rebuilds it")
     study = meta.get("spec", {}).get("study") if isinstance(meta.get("spec"), dict) else None
-    if study not in STUDIES:
-        raise unknown_name(f"study in {out / 'spec.json'}:", study, STUDIES)
+    if study not in list_studies():
+        raise unknown_name(f"study in {out / 'spec.json'}:", study, list_studies())
     tables: dict[str, pd.DataFrame] = {}
     for p in sorted(out.glob("*.parquet")):
         try:

@@ -11,7 +11,7 @@ conditions apart from the LRP signatures alone (5-fold cross-validated accuracy)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -26,15 +26,27 @@ from ..report import Section, bar_plot, map_grid, write_report
 from ..report.embedding import embedding_plot
 from ._common import safe_name, units_per_chunk
 from .runner import Unit
-from .spec import StudySpec
+from .spec import StudySpec, register_study
 
-__all__ = ["plan", "report", "accuracy_table", "embed", "separability"]
+__all__ = ["SignaturesSpec", "plan", "report", "accuracy_table", "embed", "separability"]
+
+
+class SignaturesSpec(StudySpec):
+    """Settings of the LRP-signature study (seed 001): ``attack`` holds sub-tables ``ifgsm``,
+    ``onepixel`` and ``lrp`` of parameters.
+    """
+
+    study: Literal["signatures"] = "signatures"
+
+
+
+register_study("signatures", SignaturesSpec)
 
 _ATTACKS = {"fgsm": "ifgsm", "one-pixel": "onepixel"}
 SIGNATURE_SIZE = 16  # LRP maps are average-pooled to 16×16 = 256 numbers per image
 
 
-def _params(spec: StudySpec) -> dict[str, dict[str, Any]]:
+def _params(spec: SignaturesSpec) -> dict[str, dict[str, Any]]:
     """``spec.attack`` = ``{"method": "ifgsm+onepixel", "ifgsm": {...}, "onepixel": {...}}``."""
     a = dict(spec.attack)
     a.pop("method", None)
@@ -44,7 +56,7 @@ def _params(spec: StudySpec) -> dict[str, dict[str, Any]]:
     return {k: dict(a.get(k, {})) for k in (*_ATTACKS.values(), "lrp")}
 
 
-def plan(spec: StudySpec) -> list[Unit]:
+def plan(spec: SignaturesSpec) -> list[Unit]:
     """One unit per model × chunk of ``batch_size`` images."""
     params = _params(spec)
     return units_per_chunk(spec, lambda m, b, sl, i, e: _run(spec, params, m, b, sl, i, e))

@@ -1,9 +1,11 @@
-"""Study specifications: a TOML file or a named preset, validated, recorded in ``spec.json``.
+"""Study specifications: one typed schema per study, read from a TOML file or a named preset.
 
-A spec is declarative: model(s), data, attack and its parameters, strengths, explainers, layers,
-metrics, seed, device, batch size. ``study`` names the pipeline (``layer_shift`` for seed 000,
-``mod_vid`` for seed 003, ``interpreter_attack`` for seed 004, ``signatures`` for seed 001, ``detection``
-for seeds 002 and 004, ``defenses`` for seeds 001/002/004's defenses under plain and adaptive attacks).
+Every study declares its settings as a subclass of :class:`StudySpec` (the keys every study shares:
+model and data, attack, seed, device, batch size…) and registers it with :func:`register_study` next
+to its ``plan`` and ``report``. :func:`load_spec` validates a whole spec against that class before
+anything runs: an unknown key, a wrong type or a value out of range is one line naming the key, the
+value and the file. The validated spec is recorded in ``spec.json``; :meth:`StudySpec.identity` is
+what a resumed run must match.
 
 Example TOML::
 
@@ -19,82 +21,130 @@ Example TOML::
 from __future__ import annotations
 
 import copy
+import importlib
+import pkgutil
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
+from typing_extensions import Required, TypedDict
 
 from .._checks import AdvlensError, unknown_name
 from ..models.wrapper import COMPILE_MODES
 
-__all__ = ["StudySpec", "load_spec", "PRESETS", "STUDIES"]
+__all__ = ["StudySpec", "load_spec", "register_study", "list_studies", "settings_for", "PRESETS", "STUDIES",
+           "ModelEntry", "Strengths", "Explainers", "Layers", "Metrics", "KindTables", "FitSize"]
 
-STUDIES = ("layer_shift", "mod_vid", "interpreter_attack", "signatures", "detection", "defenses")
+_STRICT = ConfigDict(extra="forbid", strict=True)
+
+PositiveInt = Annotated[int, Field(ge=1)]
+NaturalInt = Annotated[int, Field(ge=0)]
+Split = Literal["train", "test"]
 
 
-@dataclass
-class StudySpec:
-    """Everything a study run depends on (see the module docstring).
+def _needs_key(key: str, example: str) -> AfterValidator:
+    """A validator for a table that must name its ``key`` (``method``, ``kind``) with a string."""
+
+    def check(table: dict[str, Any]) -> dict[str, Any]:
+        if not isinstance(table.get(key), str):
+            raise ValueError(f"must be a table with a '{key}' key, e.g. {example}")
+        return table
+
+    return AfterValidator(check)
+
+
+#: ``{method, **params}``
+AttackTable = Annotated[dict[str, Any], _needs_key("method", "{method = 'fgsm', eps = 0.01}")]
+#: ``{kind, **params}``
+KindTable = Annotated[dict[str, Any], _needs_key("kind", "{kind = 'median', k = 3}")]
+
+
+class _Surrogate(TypedDict, total=False):
+    """Another model of the same data that makes black-box (transfer) attacks (seed 003)."""
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    model: Required[str]
+    data: str
+    weights: str | None
+    seed: NaturalInt
+
+
+class ModelEntry(TypedDict, total=False):
+    """One ``models`` entry: ``{model, data, weights?, seed?, split?, n?, surrogate?, defense?}``.
+
+    ``seed`` picks another training seed of a small model, ``n`` the size of a generated set
+    (``shapes``), ``defense`` an input transform ``{kind, **params}`` the model is put behind.
+    """
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    model: Required[str]
+    data: Required[str]
+    weights: str | None
+    seed: NaturalInt
+    split: Split | None
+    n: PositiveInt
+    surrogate: _Surrogate
+    defense: KindTable
+
+
+# ----------------------------------------------------------------- field types several studies share
+#: perturbation scales (seed 000/002) or FGSM eps values (seed 003)
+Strengths = Annotated[list[Annotated[float, Field(gt=0, allow_inf_nan=False)]],
+                      Field(min_length=1, default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])]
+#: explanation methods per layer (see ``advlens.explain``)
+Explainers = Annotated[list[str], Field(min_length=1, default_factory=lambda: ["gradcam"])]
+#: ``"all"`` or a list of layer names
+Layers = Annotated[Literal["all"] | Annotated[list[str], Field(min_length=1)], Field(default="all")]
+#: similarity metrics per layer
+Metrics = Annotated[list[Literal["cosine", "nissim", "ssim", "l1", "iou"]],
+                    Field(min_length=1, default_factory=lambda: ["cosine", "nissim"])]
+#: ``{kind, **params}`` tables (detectors, defenses)
+KindTables = Annotated[list[KindTable], Field(default_factory=list)]
+#: train-split images each detector is fitted on
+FitSize = Annotated[int, Field(ge=8, default=300)]
+
+
+class StudySpec(BaseModel):
+    """The keys every study shares; each study adds its own in a registered subclass.
 
     Attributes:
-        study: ``layer_shift`` (seed 000), ``mod_vid`` (seed 003), ``interpreter_attack`` (seed 004),
-            ``signatures`` (seed 001) or ``detection`` (seeds 002, 004).
-        model, weights, data: the model under study and its images (``layer_shift``).
-        models: for ``mod_vid``: a list of ``{model, data, weights?, seed?, surrogate?}`` entries,
-            one per architecture; ``surrogate`` is another such entry for black-box transfer.
-        attack: ``{"method": name, **params}``; ``interpreter_attack`` also reads ``bases``
-            (``pgd``/``cw``/``stadv``), ``variants`` (``adv2``/``advedge``/``advedge+``) and ``targeted``;
-            ``signatures`` reads sub-tables ``ifgsm``, ``onepixel`` and ``lrp`` of parameters.
-        strengths: perturbation scales (``layer_shift``) or FGSM eps values (``mod_vid``).
-        explainers, layers, metrics: what to compute per layer (for ``interpreter_attack``:
-            the interpreters attacked and evaluated, e.g. ``grad``, ``cam``, ``mask``, ``rts``).
-        noise_rule: seed 000 threshold rule, ``median`` (paper) or ``mean`` (authors' code).
-        explain_target: class each map explains: ``predicted`` (the input's own prediction, seed 000
-            and 003) or ``clean`` (the clean image's prediction on every input: separates the
-            shift of the features from the change of the explained class).
-        limit: at most this many images (per data set); ``split``: ``test`` / ``train`` / None.
-        detectors: for ``detection``: ``{kind, **params}`` tables (``behavior``, ``noisecam``,
-            ``ensemble``; an ensemble with ``sets = true`` is also fitted on every interpreter subset).
-        fit_size: for ``detection``: train-split images each detector is fitted on.
-        defenses: for ``defenses``: ``{kind, **params}`` tables — ``none``, an input transform (``median``,
-            ``squeeze``, ``blur``, ``jpeg``, ``noise``) or a training recipe (``retrain-fgsm``,
-            ``retrain-onepixel``, ``pgd_at``, ``robust``); ``attacks = [...]`` limits the attacks run on it.
-        precision, channels_last: run the models in ``bf16`` autocast / channels_last memory format
-            (:meth:`ClassifierModel.set_precision`).
-        compile: ``off`` or a ``torch.compile`` mode (``default``, ``reduce-overhead``, ``max-autotune``)
-            for the hook-free forwards (attacks); like ``device``, not part of the study's identity.
+        study: the pipeline (see :func:`list_studies`).
+        model, weights, data, split: the model under study and its images, or ``models``: a list of
+            :class:`ModelEntry` tables, one per architecture (used instead when given).
+        attack: ``{method, **params}``; what the parameters mean is the study's (see its module).
+        limit: at most this many images per data set. seed: every random draw derives from it.
+        device: torch device. batch_size: images per resumable chunk, or ``"auto"`` (fits free memory).
+        examples: images whose maps are kept for the report's figures.
+        precision, channels_last: ``bf16`` autocast / channels_last memory format.
+        compile: ``off`` or a ``torch.compile`` mode for the hook-free forwards (attacks); like
+            ``device``, not part of the study's identity.
     """
+
+    model_config = _STRICT
 
     study: str = "layer_shift"
     model: str = "efficientnet_lite0"
     weights: str | None = None
     data: str = "samples"
-    models: list[dict[str, Any]] = field(default_factory=list)
-    attack: dict[str, Any] = field(default_factory=lambda: {"method": "fgsm", "eps": 2 / 255})
-    strengths: list[float] = field(default_factory=lambda: [0.25, 0.5, 1.0, 2.0, 4.0])
-    explainers: list[str] = field(default_factory=lambda: ["gradcam"])
-    layers: str | list[str] = "all"
-    metrics: list[str] = field(default_factory=lambda: ["cosine", "nissim"])
-    noise_rule: str = "median"
-    explain_target: str = "predicted"
-    limit: int | None = None
-    split: str | None = None
-    seed: int = 0
+    split: Split | None = None
+    models: list[ModelEntry] = Field(default_factory=list)
+    attack: AttackTable = Field(default_factory=lambda: {"method": "fgsm", "eps": 2 / 255})
+    limit: PositiveInt | None = None
+    seed: NaturalInt = 0
     device: str = "cpu"
-    batch_size: int | str = 16
-    examples: int = 2
-    detectors: list[dict[str, Any]] = field(default_factory=list)
-    fit_size: int = 300
-    defenses: list[dict[str, Any]] = field(default_factory=list)
-    precision: str = "fp32"
+    batch_size: PositiveInt | Literal["auto"] = 16
+    examples: NaturalInt = 2
+    precision: Literal["fp32", "bf16"] = "fp32"
     channels_last: bool = False
-    compile: str = "off"
+    compile: Literal["off", "default", "reduce-overhead", "max-autotune"] = "off"
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every key and value (as recorded in ``spec.json``)."""
+        return self.model_dump()
 
     def identity(self) -> dict[str, Any]:
-        """The fields that decide the rows (all but the device): a resumed run must match them.
+        """The keys that decide the rows (all but ``device`` and ``compile``): a resumed run must match them.
 
         ``batch_size`` is included: it sets the images of each resumable chunk (``"auto"`` stays
         ``"auto"``; the size it resolved to is kept in ``spec.json`` and reused on resume).
@@ -102,15 +152,53 @@ class StudySpec:
         d = self.to_dict()
         d.pop("device")
         d.pop("compile")
-        if d["study"] not in ("detection", "defenses"):  # fields only these read: older folders stay resumable
-            d.pop("detectors")
-            d.pop("fit_size")
-        if d["study"] != "defenses":
-            d.pop("defenses")
         if d["precision"] == "fp32" and not d["channels_last"]:  # the defaults: older folders stay resumable
             d.pop("precision")
             d.pop("channels_last")
         return d
+
+
+assert set(StudySpec.model_fields["compile"].annotation.__args__) == {"off", *COMPILE_MODES}  # one list of modes
+
+_REGISTRY: dict[str, type[StudySpec]] = {}
+
+
+def register_study(name: str, settings: type[StudySpec]) -> type[StudySpec]:
+    """Register study ``name`` (a module ``advlens.studies.<name>`` with ``plan`` and ``report``) and its
+    settings class. Returns ``settings``; registering a name twice with another class is refused."""
+    if _REGISTRY.get(name, settings) is not settings:
+        raise ValueError(f"study {name!r} is already registered")
+    _REGISTRY[name] = settings
+    return settings
+
+
+def _discover() -> dict[str, type[StudySpec]]:
+    """Import every study module of this package once (each registers itself)."""
+    from .. import studies
+
+    for info in pkgutil.iter_modules(studies.__path__):
+        if not info.name.startswith("_") and info.name not in ("spec", "runner", "demo"):
+            importlib.import_module(f"{studies.__name__}.{info.name}")  # cached after the first time
+    return _REGISTRY
+
+
+def list_studies() -> list[str]:
+    """Names of the registered studies."""
+    return sorted(_discover())
+
+
+def settings_for(study: object) -> type[StudySpec]:
+    """The settings class of ``study`` (one line naming the key when unknown)."""
+    found = _discover()
+    if not isinstance(study, str) or study not in found:
+        raise unknown_name("study", study, sorted(found))
+    return found[study]
+
+
+def __getattr__(name: str) -> Any:  # STUDIES is computed on first use (it imports the study modules)
+    if name == "STUDIES":
+        return tuple(list_studies())
+    raise AttributeError(name)
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -201,66 +289,56 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _one_line(error: ValidationError, where: str, settings: type[StudySpec]) -> AdvlensError:
+    """The first problem of a pydantic error as one line naming the key and the value."""
+    errors = error.errors()
+    first = errors[0]
+    # union branches ("int", "literal['auto']") appear in locations; keep the user's keys and indices
+    key = [p for p in first["loc"] if isinstance(p, int) or not any(c in str(p) for c in "[]()-")]
+    name = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in key).lstrip(".") or "spec"
+    if first["type"] == "extra_forbidden":
+        if len(key) == 1:  # a top-level key: suggest the study's keys
+            study = settings.model_fields["study"].default
+            hint = str(unknown_name("key", name, sorted(settings.model_fields))).removeprefix(f"unknown key {name!r}")
+            return AdvlensError(f"{where}: unknown key {name!r} for a {study} study{hint}")
+        return AdvlensError(f"{where}: unknown key '{name}'")
+    same = [e for e in errors if [p for p in e["loc"] if isinstance(p, int) or p in key] == key]
+    msgs = list(dict.fromkeys(e["msg"].removeprefix("Value error, ").replace("Input should be", "must be")
+                              .replace("Field required", "is required") for e in same))
+    text = f"{where}: key '{name}': {' or '.join(msgs)[:240]}"
+    return AdvlensError(text if first["type"] == "missing" else f"{text}, got {repr(first['input'])[:80]}")
+
+
 def load_spec(source: str | Path | None = None, preset: str | None = None, **overrides: Any) -> StudySpec:
-    """Build a :class:`StudySpec` from a TOML file and/or a preset, then apply non-None overrides.
+    """Build a study's spec from a TOML file and/or a preset, then apply non-None overrides, and validate
+    it against the study's settings class.
+
+    Returns:
+        An instance of the study's registered :class:`StudySpec` subclass.
 
     Raises:
-        AdvlensError: missing/unreadable file, TOML syntax error, unknown keys, bad values.
+        AdvlensError: missing/unreadable file, TOML syntax error, unknown study or key, wrong type or range
+            (one line naming the key and the value).
     """
     data: dict[str, Any] = {}
+    where = "study spec"
     if preset is not None:
         if preset not in PRESETS:
             raise unknown_name("study preset", preset, PRESETS)
         data.update(copy.deepcopy(PRESETS[preset]))
+        where = f"preset {preset}"
     if source is not None:
         path = Path(source)
         if not path.is_file():
             raise AdvlensError(f"study spec not found: {path}")
         try:
             data.update(tomllib.loads(path.read_text(encoding="utf-8")))
-        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
-            raise AdvlensError(f"cannot parse study spec {path}: {e}") from None
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as e:
+            raise AdvlensError(f"cannot parse study spec {path}: {' '.join(str(e).split())}") from None
+        where = f"study spec {path}"
     data.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in fields(StudySpec)}
-    bad = sorted(set(data) - known)
-    if bad:
-        raise AdvlensError(f"unknown key(s) {bad} in study spec (known: {sorted(known)})")
-    spec = StudySpec(**data)
-    _validate(spec)
-    return spec
-
-
-def _validate(spec: StudySpec) -> None:
-    if spec.study not in STUDIES:
-        raise unknown_name("study", spec.study, STUDIES)
-    if not isinstance(spec.attack, dict) or "method" not in spec.attack:
-        raise AdvlensError("spec.attack must be a table with a 'method' key, e.g. {method = 'fgsm', eps = 0.01}")
-    if not spec.strengths or any(not isinstance(s, (int, float)) or s <= 0 for s in spec.strengths):
-        raise AdvlensError(f"strengths must be a non-empty list of positive numbers, got {spec.strengths!r}")
-    if spec.noise_rule not in ("median", "mean"):
-        raise AdvlensError(f"noise_rule must be 'median' or 'mean', got {spec.noise_rule!r}")
-    if spec.explain_target not in ("predicted", "clean"):
-        raise AdvlensError(f"explain_target must be 'predicted' or 'clean', got {spec.explain_target!r}")
-    if spec.limit is not None and spec.limit < 1:
-        raise AdvlensError(f"limit must be at least 1, got {spec.limit}")
-    if spec.study == "mod_vid" and not spec.models:
-        raise AdvlensError("a mod_vid study needs a 'models' list of {model, data} entries")
-    if spec.precision not in ("fp32", "bf16"):
-        raise AdvlensError(f"precision must be 'fp32' or 'bf16', got {spec.precision!r}")
-    if spec.compile != "off" and spec.compile not in COMPILE_MODES:
-        raise AdvlensError(f"compile must be 'off' or one of {list(COMPILE_MODES)}, got {spec.compile!r}")
-    if spec.batch_size != "auto" and (isinstance(spec.batch_size, bool) or not isinstance(spec.batch_size, int)
-                                      or spec.batch_size < 1):
-        raise AdvlensError(f"batch_size must be a positive integer or 'auto', got {spec.batch_size!r}")
-    if spec.fit_size < 8:
-        raise AdvlensError(f"fit_size must be at least 8, got {spec.fit_size}")
-    for d in spec.defenses:
-        if not isinstance(d, dict) or "kind" not in d:
-            raise AdvlensError(f"each entry of 'defenses' needs a 'kind' key, got {d!r}")
-    for d in spec.detectors:
-        if not isinstance(d, dict) or "kind" not in d:
-            raise AdvlensError(f"each entry of 'detectors' needs a 'kind' key, got {d!r}")
-    if spec.models:
-        for m in spec.models:
-            if not isinstance(m, dict) or "model" not in m or "data" not in m:
-                raise AdvlensError(f"each entry of 'models' needs 'model' and 'data' keys, got {m!r}")
+    settings = settings_for(data.get("study", StudySpec.model_fields["study"].default))
+    try:
+        return settings.model_validate(data)
+    except ValidationError as e:
+        raise _one_line(e, where, settings) from None
