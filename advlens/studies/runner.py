@@ -81,8 +81,8 @@ def _check_out(out: Path, spec: StudySpec) -> None:
     check_not_inside(out, [*inputs, *([spec.weights] if spec.weights else [])], "--out")
     if out.is_dir() and any(out.iterdir()) and not (out / "spec.json").exists():
         meta = read_manifest(out)
-        what = f"the output of `advlens {meta.get('command')}`" if meta else "not empty and not an advlens study folder"
-        raise AdvlensError(f"--out {out} is {what}; choose a new or empty folder for the study")
+        what = f"holds the output of `advlens {meta.get('command')}`" if meta else "is not empty and not an advlens study folder"
+        raise AdvlensError(f"--out {out} {what}; choose a new or empty folder for the study")
     check_writable(out, "--out")
 
 
