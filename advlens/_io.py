@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 __all__ = ["atomic_write", "write_parquet", "write_json", "versions", "OutputDir", "check_output_file",
-           "unique_file_names", "remove_stale_temporaries", "read_manifest", "MANIFEST"]
+           "unique_file_names", "remove_stale_temporaries", "read_manifest", "written_by_advlens", "MANIFEST"]
 
 
 def _umask() -> int:
@@ -232,16 +232,35 @@ class OutputDir:
         write_json(manifest, p / MANIFEST)
 
 
+def written_by_advlens(path: Path) -> bool:
+    """Whether ``path`` is a file advlens wrote: a ``.safetensors`` whose header metadata has an ``advlens``
+    entry (weights, detectors), or the ``.json`` beside such a detector. Reads the header only."""
+    import struct
+
+    if path.name.endswith(".safetensors.json"):
+        return written_by_advlens(path.with_name(path.name[: -len(".json")]))
+    if path.suffix != ".safetensors" or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as f:
+            (size,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(size)) if 0 < size <= 100_000_000 else {}
+    except (OSError, ValueError, struct.error):
+        return False
+    return isinstance(header, dict) and "advlens" in (header.get("__metadata__") or {})
+
+
 def check_output_file(path: str | os.PathLike[str], *, inputs: Sequence[object] = (), overwrite: bool = False,
                       flag: str = "--out") -> Path:
-    """Check a single-file output before the work: not a folder, not an input, writable, and an existing
-    file only with ``overwrite`` (advlens cannot tell a file it wrote from a user's)."""
+    """Check a single-file output before the work: not a folder, not an input, writable; an existing file
+    only if advlens wrote it (:func:`written_by_advlens`) or with ``overwrite``."""
     p = Path(path).expanduser()
     if p.is_dir():
         raise _err(f"{flag} {p} is a folder; give a file name")
     check_not_inside(p, inputs, flag)
-    if p.exists() and not overwrite:
-        raise _err(f"{flag} {p} exists; choose another file name, or add --overwrite to replace it")
+    if p.exists() and not overwrite and not written_by_advlens(p):
+        raise _err(f"{flag} {p} exists and was not written by advlens; choose another file name, "
+                   f"or add --overwrite to replace it")
     check_writable(p, flag)
     return p
 

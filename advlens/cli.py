@@ -15,7 +15,7 @@ class _Parser(argparse.ArgumentParser):
     (the usage block is left to ``--help``). Subcommand parsers inherit the class."""
 
     def error(self, message: str):  # type: ignore[override]
-        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        print(f"{self.prog}: error: {_printable(message)} (see {self.prog} --help)", file=sys.stderr)
         sys.exit(2)
 
 
@@ -378,7 +378,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``advlens`` command."""
-    args = _parser().parse_args(argv)
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a one-line usage error (2): a code, like every other outcome
+        return e.code if isinstance(e.code, int) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     try:
         args.fn(args)
@@ -398,8 +401,13 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def _printable(text: str) -> str:
+    """``text`` with control characters (newlines, ``\x1e``… that a terminal would break lines on) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def _one_line(e: BaseException) -> str:
-    text = " ".join(str(e).split())
+    text = _printable(" ".join(str(e).split(" ")).replace("\n", " "))
     return text if len(text) <= 400 else text[:397] + "..."
 
 

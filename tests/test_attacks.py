@@ -117,7 +117,7 @@ def test_scale_perturbation_adds_to_the_clean_image():
     ({"method": "pgdd"}, "unknown attack 'pgdd'; did you mean 'pgd'"),
     ({"method": "pgd", "epsilon": 0.1}, r"unknown parameter\(s\) \['epsilon'\]"),
     ({"method": "fgsm", "eps": -1}, "eps must be a positive number"),
-    ({"method": "pgd", "steps": 0}, "steps must be a positive integer"),
+    ({"method": "pgd", "steps": 0}, "steps must be an int >= 1"),
     ({"method": "pgd", "target": 10}, "target holds a class outside"),
 ])
 def test_bad_attack_requests_fail_clearly(digits_model, xy, kwargs, message):

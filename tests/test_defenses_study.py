@@ -17,7 +17,8 @@ def test_defenses_study_reports_transfer_plain_and_adaptive(tmp_path, digits_mod
                      limit=24, defenses=[{"kind": "squeeze", "bits": 3}, {"kind": "retrain-fgsm", "epochs": 1,
                                                                                 "n_attack": 200}],
                      attack={"method": "fgsm+pgd", "pgd": {"steps": 5}, "sweep": [0.03], "sweep_steps": 3},
-                     detectors=[{"kind": "ensemble", "interpreters": ["grad", "cam"], "n_estimators": 20}], fit_size=96)
+                     detectors=[{"kind": "ensemble", "interpreters": ["grad", "cam"], "n_estimators": 20, "weight": 5}],
+                     fit_size=96)
     report = run_study(spec, tmp_path / "s", progress=False)
     res = pd.read_parquet(tmp_path / "s" / "results.parquet")
     acc = accuracy_table(res).set_index(["defense", "attack"])
@@ -43,7 +44,7 @@ def test_defenses_study_reports_transfer_plain_and_adaptive(tmp_path, digits_mod
 
 @pytest.mark.parametrize("defenses, message", [
     ([{"kind": "medain"}], "unknown defense 'medain'"),
-    ([{"k": 3}], "needs a 'kind' key"),
+    ([{"k": 3}], "must be a table with a 'kind' key"),
 ])
 def test_defenses_study_bad_spec(defenses, message):
     with pytest.raises(AdvlensError, match=message):
@@ -70,7 +71,7 @@ def test_defend_train_resumes_and_eval_compares_modes(capsys, tmp_path, digits_m
     (["defend", "eval", "--model", "small_vgg_digits", "--images", "digits", "--defense", "median",
       "--defense-param", "k=4"], "must be odd"),
     (["defend", "train", "--data", "digits", "--recipe", "pgd_at", "--out", "x.safetensors", "--epochs", "0"],
-     "epochs must be a positive integer"),
+     "--epochs: must be an integer >= 1"),
 ])
 def test_defend_cli_bad_input(capsys, args, message, digits_model):
     assert main(args) == 2

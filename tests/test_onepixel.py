@@ -152,14 +152,14 @@ def test_targeted(digits_model, xy):
 
 
 @pytest.mark.parametrize("params, match", [
-    ({"pixels": 0}, "pixels must be an integer >= 1"),
-    ({"pixels": 1.5}, "pixels must be an integer"),
-    ({"pixels": 2000}, "pixels must be at most"),
-    ({"popsize": 3}, "popsize must be an integer >= 4"),
-    ({"iterations": 0}, "iterations must be an integer >= 1"),
-    ({"f": 0.0}, r"f \(the DE scale factor\) must be in \(0, 2\]"),
-    ({"f": 2.5}, "must be in"),
-    ({"f": float("nan")}, "must be in"),
+    ({"pixels": 0}, r"pixels must be an int in \[1, 1024\], got 0"),
+    ({"pixels": 1.5}, "pixels must be an int"),
+    ({"pixels": 2000}, r"pixels must be an int in \[1, 1024\], got 2000"),  # at most the image's pixels
+    ({"popsize": 3}, "popsize must be an int >= 4"),
+    ({"iterations": 0}, "iterations must be an int >= 1"),
+    ({"f": 0.0}, r"f \(the DE scale factor\) must be a positive number <= 2"),
+    ({"f": 2.5}, "must be a positive number <= 2"),
+    ({"f": float("nan")}, "must be a positive number <= 2"),
     ({"batch_size": 0}, "batch_size"),
     ({"crossover": 0.5}, "unknown parameter"),
 ])

@@ -1,12 +1,13 @@
 """``backend="ray"``: a study run as Ray tasks on a local Ray cluster gives the local run's tables."""
 from __future__ import annotations
 
-import numpy as np
+import sys
+
 import pandas as pd
 import pytest
 
 from advlens._checks import AdvlensError
-from advlens.studies import mod_vid
+from advlens.studies import layer_shift, mod_vid
 from advlens.studies.runner import run_study
 from advlens.studies.spec import load_spec
 
@@ -15,13 +16,25 @@ cloudpickle = pytest.importorskip("ray.cloudpickle")
 
 
 def _same(a: pd.DataFrame, b: pd.DataFrame) -> None:
-    """Equal tables: same columns and rows; floats to float32 rounding (the workers use 1 thread each)."""
-    assert list(a.columns) == list(b.columns) and len(a) == len(b)
-    for c in a.columns:
-        if pd.api.types.is_float_dtype(a[c]):
-            np.testing.assert_allclose(a[c].to_numpy(), b[c].to_numpy(), rtol=1e-5, atol=1e-6, err_msg=c)
-        else:
-            assert a[c].tolist() == b[c].tolist(), c
+    """Bit-identical tables: the workers compute with the study's recorded thread count."""
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+
+
+class _KillOnce:
+    """A unit's work that SIGKILLs its Ray worker the first time it runs (a marker file remembers)."""
+
+    def __init__(self, run, marker: str) -> None:
+        self.run, self.marker = run, marker
+
+    def __call__(self, *shared):
+        import os
+        import signal
+        from pathlib import Path
+
+        if not Path(self.marker).exists():
+            Path(self.marker).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.run(*shared)
 
 
 def test_ray_backend_gives_the_local_tables_and_resumes(tmp_path, digits_model, monkeypatch):
@@ -61,3 +74,24 @@ def test_units_ship_small_closures_and_share_model_and_images(digits_model):
 def test_unknown_backend_fails_clearly(tmp_path):
     with pytest.raises(AdvlensError, match="unknown backend 'dask'"):
         run_study(load_spec(preset="seed003"), tmp_path / "x", backend="dask")
+
+
+def test_ray_equals_local_bit_for_bit_on_the_default_model_and_survives_a_killed_worker(tmp_path, monkeypatch):
+    """seed 000's preset on EfficientNet-Lite0: the Ray tables equal the local ones exactly, also when a worker
+    is SIGKILLed mid-study (Ray reruns its task)."""
+    spec = load_spec(preset="seed000", limit=2, batch_size=1, strengths=[1.0], seed=11)
+    run_study(spec, tmp_path / "local", progress=False)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    real_plan = layer_shift.plan
+    marker = tmp_path / "killed-once"
+    monkeypatch.setattr(layer_shift, "plan", lambda s: [
+        type(u)(u.key, _KillOnce(u.run, str(marker)) if i == 1 else u.run, u.shared) for i, u in enumerate(real_plan(s))])
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        run_study(spec, tmp_path / "ray", progress=False, backend="ray")
+    finally:
+        ray.shutdown()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert marker.exists()  # a worker was killed, and its task ran again
+    for name in ("results", "images"):
+        _same(pd.read_parquet(tmp_path / "local" / f"{name}.parquet"), pd.read_parquet(tmp_path / "ray" / f"{name}.parquet"))

@@ -214,7 +214,8 @@ def test_interpreter_attack_study_tables_and_report(tmp_path, digits_model):
     assert set(table.attack) == {"plain", "adv2", "advedge", "advedge+"} and table.success_rate.between(0, 1).all()
     assert (res.linf <= 0.031 + 1e-6).all() and (res.target != res.label).all()  # targeted, y_t != y
     transfer = transfer_table(res)
-    assert set(transfer.columns) >= {"grad", "cam"} and len(transfer) == 3 * 2
+    hit = res[(res.attacked != "none") & res.success.astype(bool)].groupby(["attack", "attacked"]).ngroups
+    assert set(transfer.columns) >= {"grad", "cam"} and len(transfer) == hit >= 2  # one row per (variant, g) that hit
     html = report.read_text()
     assert "Transferability" in html and (tmp_path / "s4" / "figures" / "l1_per_interpreter.png").is_file()
 

@@ -12,8 +12,8 @@ from the same forward when ``explainer`` is given.
 """
 from __future__ import annotations
 
+import difflib
 import inspect
-import math
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -23,7 +23,9 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from .._checks import AdvlensError, check_images, unknown_name
+from .._checks import (
+    AdvlensError, check_callable, check_images, check_int, check_labels, check_layers, check_number, unknown_name,
+)
 from ..explain.api import LAYER_METHODS, layers_for, maps_from_pass
 from ..explain.engine import check_model, forward_backward
 from ..explain.gradient import smooth_relu
@@ -32,7 +34,7 @@ from ..models.wrapper import ClassifierModel
 
 __all__ = [
     "AttackResult", "attack", "list_attacks", "register_attack", "forward_penalty", "objective_grad", "project_linf", "finish",
-    "check_count", "check_number", "check_weight",
+    "check_count", "check_number", "check_objective", "check_weight",
 ]
 
 #: prefix of batch-level extras (one value per attacked batch, not per image)
@@ -160,20 +162,33 @@ def objective_grad(
     return grad, logits.detach()
 
 
-def check_number(value: Any, name: str, low: float = 0.0, strict: bool = True) -> float:
-    """A finite real ``> low`` (``≥ low`` when not ``strict``), else a one-line AdvlensError."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    if not ok or (value <= low if strict else value < low):
-        rel = ">" if strict else "≥"
-        raise AdvlensError(f"{name} must be a finite number {rel} {low:g}, got {value!r}")
-    return float(value)
-
-
 def check_count(value: Any, name: str) -> int:
-    """A positive integer, else a one-line AdvlensError."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise AdvlensError(f"{name} must be a positive integer, got {value!r}")
-    return value
+    """A positive integer, else a one-line AdvlensError (:func:`advlens._checks.check_int` with minimum 1)."""
+    return check_int(value, name, 1)
+
+
+#: the Python-only parameters of the attack objective (the CLI's ``--param`` gives numbers and strings)
+_PYTHON_ONLY = "; it is a Python-API parameter and cannot be given on the command line (--param)"
+_EXPLAINER_KEYS = ("method", "layers", "target", "tau")
+
+
+def check_objective(loss_fn: Any, explainer: Any) -> None:
+    """Check the extra objective term of :func:`forward_penalty`: ``loss_fn`` a callable or None,
+    ``explainer`` None or a dict with keys among ``method``, ``layers``, ``target``, ``tau``."""
+    if loss_fn is not None:
+        check_callable(loss_fn, "loss_fn", "(x_adv, logits, maps) -> penalty [N] or scalar", _PYTHON_ONLY)
+    if explainer is None:
+        return
+    if not isinstance(explainer, dict):
+        raise AdvlensError(f"explainer must be None or a dict {{'method', 'layers', 'target', 'tau'}}, "
+                           f"got {type(explainer).__name__}{_PYTHON_ONLY}")
+    bad = sorted(set(map(str, explainer)) - set(_EXPLAINER_KEYS))
+    if bad:
+        raise AdvlensError(f"explainer has unknown key(s) {bad} (accepted: {list(_EXPLAINER_KEYS)})")
+    if not isinstance(explainer.get("method", "gradcam"), str):
+        raise AdvlensError(f"explainer['method'] must be a method name, got {explainer['method']!r}")
+    check_layers(explainer.get("layers", "all"), "explainer['layers']")
+    check_number(explainer.get("tau", 1e-4), "explainer['tau']", 0)
 
 
 def check_weight(weight: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
@@ -212,15 +227,9 @@ def finish(
 
 
 def _labels(model: ClassifierModel, x: torch.Tensor, y: torch.Tensor | Sequence[int] | None, name: str):
-    n, c = len(x), len(model.labels)
     if y is None:
         return model.predict(x)
-    y = torch.as_tensor(y, device=x.device).long()
-    if y.shape != (n,):
-        raise AdvlensError(f"{name} must have shape [{n}], got {list(y.shape)}")
-    if ((y < 0) | (y >= c)).any():
-        raise AdvlensError(f"{name} holds a class outside [0, {c - 1}]: {y.tolist()[:8]}")
-    return y
+    return check_labels(y, name, len(x), len(model.labels), x.device, scalar=name == "target")
 
 
 def attack(
@@ -240,12 +249,15 @@ def attack(
         x: ``[N,3,H,W]`` in [0,1] on the model's device.
         y: true labels ``[N]``; None uses the model's clean predictions.
         method: one of :func:`list_attacks`.
-        seed: randomness (random start, noise).
+        seed: randomness (random start, noise), drawn per image from the image's content
+            (:mod:`advlens._rng`), so results do not depend on the batch (its size, the other
+            images, their order, ``chunk_size``) — except where an attack's randomness is inherently
+            per batch (DLFuzz's coverage-guided selection, strategies other than 2).
         target: targeted attack toward this class (int or ``[N]``); None = untargeted.
         chunk_size: attack at most this many images at once (None: all). ``"auto"``: the largest
             power of two whose all-layer pass fits the free memory, halved if a chunk runs out of
-            memory (:mod:`advlens.models.batching`). The chunk starting at image ``i`` uses seed
-            ``seed + i`` (distinct per chunk, also after a halving); per-image
+            memory (:mod:`advlens.models.batching`). Every chunk gets the same ``seed`` (the draws
+            are per image, so chunking does not change an image's randomness); per-image
             results are concatenated, ``time_s`` summed, batch-level extras (e.g. DLFuzz's
             coverage) stacked one row per chunk.
         **params: the method's parameters (``eps``, ``steps``, ``alpha``, …).
@@ -256,23 +268,26 @@ def attack(
     """
     model = check_model(model)
     check_images(x)
-    if method not in _REGISTRY:
+    if not isinstance(method, str) or method not in _REGISTRY:
         raise unknown_name("attack", method, list_attacks())
+    seed = check_int(seed, "seed")
+    if chunk_size is not None and chunk_size != "auto":
+        check_int(chunk_size, "chunk_size", 1)
     fn = _REGISTRY[method]
     accepted = set(inspect.signature(fn).parameters) - {"model", "x", "y", "target", "seed"}
     bad = sorted(set(params) - accepted)
     if bad:
-        raise AdvlensError(f"unknown parameter(s) {bad} for attack {method!r} (accepted: {sorted(accepted)})")
+        close = difflib.get_close_matches(bad[0], accepted, n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise AdvlensError(f"unknown parameter(s) {bad} for attack {method!r}{hint} (accepted: {sorted(accepted)})")
     y = _labels(model, x, y, "y")
     if target is not None:
-        if isinstance(target, int):
-            target = torch.full((len(x),), target, dtype=torch.long, device=x.device)
         target = _labels(model, x, target, "target")
     size = resolve_batch_size(model, chunk_size, len(x))
     if size >= len(x) and chunk_size != "auto":
         return fn(model, x, y, target=target, seed=seed, **params)
     parts = run_batched(lambda sl: fn(model, x[sl], y[sl], target=None if target is None else target[sl],
-                                      seed=seed + sl.start, **params), len(x), size, backoff=chunk_size == "auto")
+                                      seed=seed, **params), len(x), size, backoff=chunk_size == "auto")
     return _concat_results(parts)
 
 

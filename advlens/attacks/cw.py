@@ -1,7 +1,7 @@
 """Carlini & Wagner L2 with a binary search over ``c`` (seed 004 eq. 2, eqs. 6 and 9).
 
 Also home of the pieces C&W shares with StAdv: the margin loss ``f`` / ``ℓ_prd`` (seed 004
-eq. 4), its success test, and the checks of the per-pixel weight ``N_w`` and of numbers.
+eq. 4) and its success test (parameters are checked with :mod:`advlens._checks`).
 """
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
+from .._checks import check_int, check_number
 from ..models.wrapper import ClassifierModel
 from .base import (
     AttackResult,
     LossFn,
-    check_count,
-    check_number,
+    check_objective,
     check_weight,
     finish,
     forward_penalty,
@@ -117,8 +117,9 @@ def cw(
         >>> res = attack(model, x, y, method="cw", c=1.0, steps=100, binary_search_steps=5)
         >>> res.extras["l2"].mean()
     """
-    c, kappa, lr = check_number(c, "c"), check_number(kappa, "kappa", strict=False), check_number(lr, "lr")
-    steps, rounds = check_count(steps, "steps"), check_count(binary_search_steps, "binary_search_steps")
+    c, kappa, lr = check_number(c, "c", 0), check_number(kappa, "kappa", 0, strict=False), check_number(lr, "lr", 0)
+    steps, rounds = check_int(steps, "steps", 1), check_int(binary_search_steps, "binary_search_steps", 1)
+    check_objective(loss_fn, explainer)
     start = time.perf_counter()
     x = x.detach()
     weight = check_weight(weight, x)

@@ -20,6 +20,12 @@ Neuron selection strategies (REFERENCE.md; ``times`` = how often each neuron was
   (seed 000's choice); ``2`` — uniform among the top 10 % of all neurons by the mean weight of the
   producing conv/linear (positive means only); ``3`` — neurons with value in ``(t, t+0.25)``
   (maximized, half the budget) and in ``(t−0.2, t)`` (entered negated), dense layers excluded.
+
+Randomness: each image samples its neurons from its own generator (seeded by ``seed`` and the image's
+content, :mod:`advlens._rng`). The sampling *weights* of strategies ``None``, 0, 1 and 3 come from
+``times`` — the coverage counted over the whole batch (DLFuzz is coverage-guided, so this is
+inherently per batch) — and with them an image's selection and result depend on the other images.
+Strategy 2 weighs neurons by the model's kernels only, so its results are per image.
 """
 from __future__ import annotations
 
@@ -31,7 +37,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .._checks import AdvlensError, check_images
+from .._checks import AdvlensError, check_choice, check_images, check_int, check_layers, check_number
+from .._rng import image_generators
 from ..explain.engine import check_model
 from ..metrics.coverage import CoverageTracker, channel_means, layer_outputs_pass, scaled_channel_means
 from ..models.wrapper import ClassifierModel
@@ -46,27 +53,19 @@ SCORES = ("probs", "logits")
 
 
 def _positive_int(v: object, name: str) -> int:
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-        raise AdvlensError(f"{name} must be a positive integer, got {v!r}")
-    return v
+    return check_int(v, name, 1)
 
 
 def _number(v: object, name: str, positive: bool = False) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or (positive and v <= 0):
-        raise AdvlensError(f"{name} must be a {'positive' if positive else 'finite'} number, got {v!r}")
-    return float(v)
+    return check_number(v, name, 0 if positive else None)
 
 
 def _check_strategy(strategy: object) -> int | None:
-    if isinstance(strategy, bool) or strategy not in STRATEGIES:
-        raise AdvlensError(f"unknown DLFuzz strategy {strategy!r} (choose from: None, 0, 1, 2, 3)")
-    return strategy  # type: ignore[return-value]
+    return check_choice(strategy, "strategy (DLFuzz neuron selection)", STRATEGIES)  # type: ignore[return-value]
 
 
 def _check_scores(scores: object) -> str:
-    if scores not in SCORES:
-        raise AdvlensError(f"scores must be 'probs' or 'logits', got {scores!r}")
-    return scores  # type: ignore[return-value]
+    return check_choice(scores, "scores", SCORES)  # type: ignore[return-value]
 
 
 def _check_top_k(top_k: object, classes: int) -> int:
@@ -124,7 +123,7 @@ def dlfuzz_objective(
     Shape: ``x`` ``[N,3,H,W]`` in [0,1], ``y`` ``[N]`` → ``[N]``.
     """
     model = check_model(model)
-    names = model.resolve_layers(layers)
+    names = model.resolve_layers(check_layers(layers))
     scores, top_k = _check_scores(scores), _check_top_k(top_k, len(model.labels))
     index = torch.as_tensor(neurons, device=x.device).long().expand(len(x), -1)
     sign = torch.ones_like(index, dtype=x.dtype) if signs is None else torch.as_tensor(signs).to(x).expand_as(index)
@@ -132,11 +131,21 @@ def dlfuzz_objective(
     return _objective(model, x, y, index, sign, others, predict_weight, lam, top_k, scores, names)[0]
 
 
-def _pick(weight: torch.Tensor, count: torch.Tensor, gen: torch.Generator, allowed: torch.Tensor | None = None):
+def _uniform(shape: tuple[int, int], gen: torch.Generator | Sequence[torch.Generator],
+             device: torch.device) -> torch.Tensor:
+    """``float64 [N,T]`` uniforms from one generator, or row ``i`` from ``gen[i]`` (one per image)."""
+    if isinstance(gen, torch.Generator):
+        return torch.rand(shape, generator=gen, device=device, dtype=torch.float64)
+    return torch.stack([torch.rand(shape[1], generator=g, device=device, dtype=torch.float64) for g in gen])
+
+
+def _pick(weight: torch.Tensor, count: torch.Tensor, gen: torch.Generator | Sequence[torch.Generator],
+          allowed: torch.Tensor | None = None):
     """Per row, ``count`` distinct columns sampled without replacement ∝ ``weight`` (Gumbel top-k);
     zero-weight columns only once the positive ones run out (then uniformly); never a column with
-    ``allowed`` False. ``weight [N,T] ≥ 0``, ``count [N]`` → bool mask ``[N,T]``."""
-    u = torch.rand(weight.shape, generator=gen, device=weight.device, dtype=torch.float64).clamp(1e-12, 1 - 1e-12)
+    ``allowed`` False. ``weight [N,T] ≥ 0``, ``count [N]`` → bool mask ``[N,T]``; ``gen``: one
+    generator, or one per row."""
+    u = _uniform(tuple(weight.shape), gen, weight.device).clamp(1e-12, 1 - 1e-12)
     g = -torch.log(-torch.log(u))
     w = weight.double()
     key = torch.where(w > 0, w.clamp_min(1e-300).log() + g, g - 1e4)
@@ -188,7 +197,7 @@ def _producer_weight_means(model: ClassifierModel, names: list[str], sizes: list
 
 
 def _select(
-    tracker: CoverageTracker, strategy: int | None, m: int, gen: torch.Generator,
+    tracker: CoverageTracker, strategy: int | None, m: int, gen: torch.Generator | Sequence[torch.Generator],
     values: torch.Tensor, dense: torch.Tensor, x1: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image selection from tracker state and current neuron ``values [N,T]``; see :func:`select_neurons`."""
@@ -232,7 +241,7 @@ def _select(
 
 def select_neurons(
     tracker: CoverageTracker, x: torch.Tensor, strategy: int | None = 1, neurons: int = 10,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | Sequence[torch.Generator] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """DLFuzz neuron selection, one independent draw per image (REFERENCE.md DLFuzz, seed 000: strategy 1).
 
@@ -247,7 +256,9 @@ def select_neurons(
         x: ``[N,3,H,W]`` the current inputs (their values drive strategy 3; ``x[:1]`` traces
             strategy 2's producing convs).
         strategy: ``None``, 0, 1, 2 or 3 (module docstring). neurons: budget ``M`` per image.
-        generator: randomness (default: seeded with 0 on ``x``'s device).
+        generator: randomness: one generator for the batch, or one per image (row ``i`` draws from
+            ``generator[i]`` only); default one per image, seeded with 0 and the image's content
+            (:mod:`advlens._rng`).
 
     Returns:
         ``(index, sign)``: ``long [N,M]`` flat neuron indices (layers concatenated in tracker order)
@@ -262,7 +273,9 @@ def select_neurons(
         raise AdvlensError(f"neurons={m} exceeds the {tracker.total} neurons of the tracked layers")
     with torch.no_grad():
         values, dense = _values_dense(layer_outputs_pass(tracker.model, x, tracker.names)[1], tracker.names)
-    gen = generator or torch.Generator(device=x.device).manual_seed(0)
+    gen = image_generators(x, 0) if generator is None else generator
+    if not isinstance(gen, torch.Generator) and len(gen) != len(x):
+        raise AdvlensError(f"generator must be one torch.Generator or one per image ({len(x)}), got {len(gen)}")
     return _select(tracker, strategy, m, gen, values, dense, x[:1])
 
 
@@ -278,7 +291,9 @@ def dlfuzz(
 
     Batched: per image, the competing classes are fixed from the clean prediction and the neurons
     are selected once (independently per image, seeded), as DLFuzz fixes both for a seed's
-    iterations. Each iteration takes one RMS-normalized step, clipped to [0,1] (no other projection).
+    iterations. The selection weights of strategies other than 2 come from the batch's coverage
+    (module docstring): those results depend on the batch by design. Each iteration takes one
+    RMS-normalized step, clipped to [0,1] (no other projection).
     An image stops at its first adversarial iterate (label ≠ ``y``; kept as ``x_adv``), or once
     ``‖x−x₀‖₂/‖x₀‖₂ ≥ max_rel_l2`` (that iterate is kept, so the bound can be exceeded by one step;
     DLFuzz drops such mutations from its seed queue; measured in [0,1] units, whereas DLFuzz measures
@@ -287,7 +302,9 @@ def dlfuzz(
 
     Args:
         y: labels ``[N]`` (``y_orig``). target: unsupported (DLFuzz is untargeted).
-        seed: neuron-selection randomness. strategy: ``None``/0/1/2/3 (default 1, as seed 000).
+        seed: neuron-selection randomness, drawn per image from the image's content
+            (:mod:`advlens._rng`); with ``strategy=2`` results do not depend on the batch.
+        strategy: ``None``/0/1/2/3 (default 1, as seed 000).
         neurons: neurons per image (10). threshold: coverage threshold (0.25).
         lam, predict_weight, top_k, scores: ``λ``, ``w``, competing classes, ``"probs"|"logits"``.
         step: step in [0,1] units (0.5/255 ≈ DLFuzz's 0.5 in 0–255 units). iterations: 3 (seed 000: 1).
@@ -316,7 +333,7 @@ def dlfuzz(
         max_rel_l2 = _number(max_rel_l2, "max_rel_l2", positive=True)
     given = tracker is not None
     if tracker is None:
-        tracker = CoverageTracker(model, threshold, layers)
+        tracker = CoverageTracker(model, threshold, check_layers(layers))
     elif not isinstance(tracker, CoverageTracker) or tracker.model is not model:
         raise AdvlensError("tracker must be a CoverageTracker built on the attacked model")
     names = tracker.names
@@ -333,8 +350,7 @@ def dlfuzz(
     others = _other_classes(s0, y, top_k)
     active = logits.argmax(1) == y  # already-misclassified images stay as they are
     del outputs, logits, s0
-    gen = torch.Generator(device=x0.device).manual_seed(seed)
-    index, sign = _select(tracker, strategy, m, gen, values, dense, x0[:1])
+    index, sign = _select(tracker, strategy, m, image_generators(x0, seed), values, dense, x0[:1])
     sign = sign.to(x0.dtype)
 
     curve = [tracker.coverage]

@@ -6,16 +6,10 @@ import time
 
 import torch
 
-from .._checks import AdvlensError
-from .base import AttackResult, finish, objective_grad, register_attack
+from .._checks import AdvlensError, check_number
+from .base import AttackResult, check_objective, finish, objective_grad, register_attack
 
 __all__ = ["fgsm", "ifgsm"]
-
-
-def _check_eps(eps: float, name: str = "eps") -> float:
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-        raise AdvlensError(f"{name} must be a positive number, got {eps!r}")
-    return float(eps)
 
 
 @register_attack("fgsm")
@@ -28,12 +22,13 @@ def fgsm(
     Untargeted ascends ``CE(y)``; targeted descends ``CE(target)``. Result clipped to [0,1].
 
     Args:
-        eps: L∞ budget in [0,1] pixel units (seed 003 uses 0.01, 0.05, 0.075, 0.1).
+        eps: L∞ budget in (0, 1] ([0,1] pixel units; seed 003 uses 0.01, 0.05, 0.075, 0.1).
         loss_fn, explainer: extra objective term, see :mod:`advlens.attacks.base`.
 
     Shape: ``x`` ``[N,3,H,W]`` in [0,1] → ``x_adv`` same shape.
     """
-    eps = _check_eps(eps)
+    eps = check_number(eps, "eps", 0, 1)
+    check_objective(loss_fn, explainer)
     start = time.perf_counter()
     grad, _ = objective_grad(model, x, y, target, loss_fn, explainer)
     x_adv = torch.clamp(x + eps * grad.sign(), 0.0, 1.0)
@@ -55,7 +50,10 @@ def ifgsm(
         :class:`AttackResult` with ``extras["eps"]`` ``[N]``: the minimal flipping eps
         (NaN where the attack failed).
     """
-    eps_step, max_eps = _check_eps(eps_step, "eps_step"), _check_eps(max_eps, "max_eps")
+    eps_step, max_eps = check_number(eps_step, "eps_step", 0, 1), check_number(max_eps, "max_eps", 0, 1)
+    if eps_step > max_eps:
+        raise AdvlensError(f"eps_step must be <= max_eps, got eps_step={eps_step:g} > max_eps={max_eps:g}")
+    check_objective(loss_fn, explainer)
     start = time.perf_counter()
     grad, _ = objective_grad(model, x, y, target, loss_fn, explainer)
     direction = grad.sign()

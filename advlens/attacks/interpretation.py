@@ -28,7 +28,7 @@ from typing import Any
 import torch
 from kornia.filters import sobel
 
-from .._checks import AdvlensError, unknown_name
+from .._checks import AdvlensError, check_int, check_number, unknown_name
 from ..explain.api import explain, normalize_maps
 from ..models.wrapper import ClassifierModel
 from .base import _REGISTRY, AttackResult, register_attack
@@ -135,6 +135,10 @@ def interpretation_attack(
 
     Returns the base attack's result with ``params`` extended (``method`` = the variant, ``base``,
     ``interpreter``, ``lam``, ``phi``) and ``extras["target_map"]`` ``[N,H,W]`` = ``m_t``.
+
+    ``seed`` goes to the base attack: PGD starts at ``x`` and C&W is deterministic; StAdv's random
+    flow start is drawn per image from the image's content (:mod:`advlens._rng`), so results do not
+    depend on the batch.
     """
     if variant not in ("adv2", "advedge", "advedge+"):
         raise unknown_name("interpretation attack", variant, ["adv2", "advedge", "advedge+"])
@@ -144,9 +148,17 @@ def interpretation_attack(
         raise unknown_name("interpreter", interpreter, INTERPRETERS)
     if base not in _REGISTRY:
         raise AdvlensError(f"base attack {base!r} is not available in this installation")
-    lam = _DEFAULT_LAM[base] if lam is None else lam
-    if not (isinstance(lam, (int, float)) and lam >= 0):
-        raise AdvlensError(f"lam must be a non-negative number, got {lam!r}")
+    lam = _DEFAULT_LAM[base] if lam is None else check_number(lam, "lam", 0, strict=False)
+    phi = check_number(phi, "phi (AdvEdge+ edge threshold)", 0, strict=False)
+    check_number(eps, "eps", 0, 1)
+    check_number(alpha, "alpha", 0, 1)
+    check_int(steps, "steps", 1)
+    if layer is not None and not isinstance(layer, str):
+        raise AdvlensError(f"layer must be a layer name or None, got {layer!r} ({type(layer).__name__})")
+    if target_map is not None and not isinstance(target_map, torch.Tensor):
+        raise AdvlensError(f"target_map must be a tensor [N,H,W] or None, got {type(target_map).__name__}")
+    if target_map is not None and not bool(torch.isfinite(target_map).all()):
+        raise AdvlensError("target_map contains NaN or infinite values")
     options = dict(options or {})
     if interpreter in ("gradcam", "layercam"):
         layer = layer or model.cam_layer or list(model.layers)[-1]
@@ -183,6 +195,13 @@ def _make(variant: str):
         lr: float | None = None, binary_search_steps: int | None = None, flow_tau: float | None = None,
         smooth_tau: float = 1e-4, rts_data: str | None = None, mask_steps: int | None = None,
     ) -> AttackResult:
+        smooth_tau = check_number(smooth_tau, "smooth_tau", 0)
+        if rts_data is not None and not isinstance(rts_data, str):
+            raise AdvlensError(f"rts_data must be the name of the data the RTS masker trains on, got {rts_data!r}")
+        if mask_steps is not None:
+            check_int(mask_steps, "mask_steps", 0)
+        if flow_tau is not None:
+            check_number(flow_tau, "flow_tau", 0, strict=False)
         base_params = {k: v for k, v in {"c": c, "kappa": kappa, "lr": lr, "binary_search_steps": binary_search_steps,
                                          "tau": flow_tau}.items() if v is not None}
         allowed = {"pgd": set(), "cw": {"c", "kappa", "lr", "binary_search_steps"}, "stadv": {"kappa", "lr", "tau"}}

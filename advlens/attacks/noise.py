@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import AdvlensError, check_images
+from .._checks import AdvlensError, check_images, check_int, check_number
+from .._rng import randn_per_image
 
 __all__ = ["matched_noise", "scale_perturbation"]
 
@@ -22,6 +23,7 @@ def scale_perturbation(x: torch.Tensor, x_adv: torch.Tensor, strength: float = 1
     Shape: ``[N,3,H,W]`` → ``[N,3,H,W]``.
     """
     _pair(x, x_adv)
+    strength = check_number(strength, "strength", 0, strict=False)
     return torch.clamp(x + strength * (x_adv - x), 0.0, 1.0)
 
 
@@ -36,15 +38,18 @@ def matched_noise(x: torch.Tensor, x_adv: torch.Tensor, strength: float = 1.0, s
     Args:
         x, x_adv: ``[N,3,H,W]`` clean and adversarial images in [0,1].
         strength: scale of the noise (same scale as the perturbation it is compared with).
-        seed: noise seed (a generator on ``x``'s device).
+        seed: noise seed; the standard-normal draw is made per image from the clean image's content
+            (:mod:`advlens._rng`), so an image's noise does not depend on the batch (its size, the
+            other images, its position). The same clean image gets the same draw for any ``x_adv``
+            (only ``μ_a``, ``σ_a`` and ``strength`` change it), on a given device.
 
     Returns:
         ``[N,3,H,W]`` noisy images in [0,1].
     """
     _pair(x, x_adv)
+    strength, seed = check_number(strength, "strength", 0, strict=False), check_int(seed, "seed")
     p = (x_adv - x).flatten(1)
     mu = p.mean(1).view(-1, 1, 1, 1)
     sigma = p.std(1, unbiased=False).view(-1, 1, 1, 1)
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    n = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype) * sigma + mu
+    n = randn_per_image(x, seed) * sigma + mu
     return torch.clamp(x + strength * n, 0.0, 1.0)

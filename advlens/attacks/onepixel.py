@@ -9,15 +9,19 @@ and a trial replaces its parent when its fitness is not worse. Every generation 
 built as one tensor of candidate images (the pixels are written into copies with advanced
 indexing) and sent through the model in chunks of ``batch_size``; images that already succeeded
 are no longer evaluated (early stop). Only softmax outputs are used, under ``torch.no_grad()``.
+The populations are per image, and so is their randomness: image ``i`` draws its initial population
+and its parents from its own generator (:mod:`advlens._rng`), so its search does not depend on the
+batch.
 """
 from __future__ import annotations
 
-import math
 import time
+from collections.abc import Sequence
 
 import torch
 
-from .._checks import AdvlensError
+from .._checks import check_bool, check_int, check_number
+from .._rng import image_generators
 from ..models.wrapper import ClassifierModel
 from .base import AttackResult, finish, register_attack
 
@@ -27,23 +31,15 @@ GENES = 5  # genes per pixel: row, col, r, g, b
 _COLOR_MEAN, _COLOR_STD = 128 / 255, 127 / 255  # Su et al.: colours ~ N(128, 127) on 0..255
 
 
-def _check_int(value: object, name: str, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise AdvlensError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def _check_params(pixels: int, popsize: int, iterations: int, f: float, batch_size: int, hw: int) -> float:
+def _check_params(pixels: int, popsize: int, iterations: int, f: float, batch_size: int, hw: int,
+                  early_stop: bool = True) -> float:
     """Validate the attack's parameters (one-line :class:`AdvlensError`); return ``f`` as a float."""
-    _check_int(pixels, "pixels", 1)
-    if pixels > hw:
-        raise AdvlensError(f"pixels must be at most the number of pixels of the image ({hw}), got {pixels}")
-    _check_int(popsize, "popsize", 4)  # DE/rand/1 needs the parent and three other members
-    _check_int(iterations, "iterations", 1)
-    _check_int(batch_size, "batch_size", 1)
-    if isinstance(f, bool) or not isinstance(f, (int, float)) or not math.isfinite(f) or not 0 < f <= 2:
-        raise AdvlensError(f"f (the DE scale factor) must be in (0, 2], got {f!r}")
-    return float(f)
+    check_int(pixels, "pixels", 1, hw)  # at most the number of pixels of the image
+    check_int(popsize, "popsize", 4)  # DE/rand/1 needs the parent and three other members
+    check_int(iterations, "iterations", 1)
+    check_int(batch_size, "batch_size", 1)
+    check_bool(early_stop, "early_stop")
+    return check_number(f, "f (the DE scale factor)", 0, 2)
 
 
 def init_population(
@@ -131,16 +127,26 @@ def _evaluate(
     return fit.view(a, s), ok.view(a, s)
 
 
-def _draw_parents(n: int, s: int, gen: torch.Generator, device: torch.device) -> torch.Tensor:
+_RAW = 1 << 62  # raw integers for the parent draws; ``raw mod (s − k)`` is uniform up to s/2⁶² bias
+
+
+def _draw_parents(n: int, s: int, gen: torch.Generator | Sequence[torch.Generator],
+                  device: torch.device) -> torch.Tensor:
     """Indices ``[3,n,s]``: for member ``i`` of each population three members, pairwise distinct and ≠ i.
 
     Each draw is uniform over the members not yet taken: a uniform index over the ``s − k``
-    remaining ones is shifted past the ``k`` taken ones in increasing order.
+    remaining ones is shifted past the ``k`` taken ones in increasing order. ``gen`` is one generator
+    for all ``n`` populations, or one per population (population ``j`` draws ``[3,s]`` from ``gen[j]``
+    alone: one call per population, the rest batched).
     """
+    if isinstance(gen, torch.Generator):
+        raw = torch.randint(0, _RAW, (n, 3, s), generator=gen, device=device)
+    else:
+        raw = torch.stack([torch.randint(0, _RAW, (3, s), generator=g, device=device) for g in gen])
     taken = torch.arange(s, device=device).expand(n, s)[..., None]  # [n,s,1], sorted
     drawn = []
     for k in range(1, 4):
-        r = torch.randint(0, s - k, (n, s), generator=gen, device=device)
+        r = raw[:, k - 1] % (s - k)
         for j in range(k):
             r = r + (r >= taken[..., j])
         drawn.append(r)
@@ -172,13 +178,16 @@ def onepixel(
     once ``p_y < 5%``; here an image stops as soon as one candidate succeeds (the attack's goal).
 
     Each generation, all candidates of all still-active images form one tensor evaluated in
-    chunks of ``batch_size`` on the model's device; the random stream (``seed``) is drawn for
-    all ``N`` images every generation, so an image's search does not depend on when the
-    others stop.
+    chunks of ``batch_size`` on the model's device. Image ``i`` draws its population and parents
+    from its own generator (seeded by ``seed`` and its content, :mod:`advlens._rng`), one call per
+    active image and generation, so its search does not depend on the other images, their order,
+    the batch size or when the others stop (up to float rounding in the batched model calls, which
+    can tip a comparison of fitnesses).
 
     Args:
         y: ``[N]`` true labels. target: ``[N]`` target classes (targeted mode) or None.
-        seed: seeds the initial population and the parent draws (``torch.Generator``).
+        seed: the initial population and the parent draws, drawn per image from the image's content
+            (:mod:`advlens._rng`), so results do not depend on the batch.
         pixels: pixels changed per image (Su et al.: 1, 3, 5).
         popsize: candidates per image (≥ 4). iterations: maximum generations.
         f: DE scale factor in (0, 2]. batch_size: candidate images per model call (None: 4096 on a
@@ -200,16 +209,16 @@ def onepixel(
     size = (x.shape[-2], x.shape[-1])
     if batch_size is None:  # measured: chunks of 256 run 1.3–2× faster on CPU (cache); big batches feed a GPU
         batch_size = 4096 if x.device.type == "cuda" else 256
-    f = _check_params(pixels, popsize, iterations, f, batch_size, size[0] * size[1])
+    f = _check_params(pixels, popsize, iterations, f, batch_size, size[0] * size[1], early_stop)
     start = time.perf_counter()
     x = x.detach()
     n, s, dev = len(x), popsize, x.device
     targeted = target is not None
     label = target if targeted else y
-    gen = torch.Generator(device=dev).manual_seed(seed)
+    gens = image_generators(x, seed)
     everyone = torch.arange(n, device=dev)
     with torch.no_grad():
-        pop = init_population(n, s, pixels, size, gen, dev, x.dtype)
+        pop = torch.cat([init_population(1, s, pixels, size, g, dev, x.dtype) for g in gens])
         fit, ok = _evaluate(model, x, label, targeted, everyone, pop, batch_size)
         queries = torch.full((n,), s, dtype=torch.long, device=dev)
         pick = _key(fit, ok).argmin(1)
@@ -217,12 +226,12 @@ def onepixel(
         best_fit, best_ok = fit[everyone, pick], ok[everyone, pick]
         active = ~best_ok if early_stop else torch.ones(n, dtype=torch.bool, device=dev)
         for _ in range(iterations):
-            r1, r2, r3 = _draw_parents(n, s, gen, dev)
             idx = active.nonzero()[:, 0]
             if idx.numel() == 0:
                 break
+            r1, r2, r3 = _draw_parents(len(idx), s, [gens[i] for i in idx.tolist()], dev)
             rows = idx[:, None]
-            trial = pop[rows, r1[idx]] + f * (pop[rows, r2[idx]] - pop[rows, r3[idx]])
+            trial = pop[rows, r1] + f * (pop[rows, r2] - pop[rows, r3])
             trial = _clip_genes(trial, size)
             t_fit, t_ok = _evaluate(model, x, label, targeted, idx, trial, batch_size)
             queries[idx] += s

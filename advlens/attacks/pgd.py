@@ -5,16 +5,17 @@ import time
 
 import torch
 
+from .._checks import check_bool, check_int, check_number
+from .._rng import rand_per_image
 from .base import (
     AttackResult,
-    check_count,
+    check_objective,
     check_weight,
     finish,
     objective_grad,
     project_linf,
     register_attack,
 )
-from .fgsm import _check_eps
 
 __all__ = ["pgd"]
 
@@ -32,21 +33,25 @@ def pgd(
     uniform in the eps-ball (seeded). Same update and projection as torchattacks' ``PGD``.
 
     Args:
-        eps: L∞ radius in [0,1] units. alpha: step size. steps: iterations.
+        seed: the random start, drawn per image from the image's content (:mod:`advlens._rng`), so
+            results do not depend on the batch (its size, the other images, the order, ``chunk_size``).
+        eps: L∞ radius in (0, 1] ([0,1] pixel units). alpha: step size in (0, 1]. steps: iterations (≥ 1).
+        random_start: start uniformly in the eps-ball (a bool). loss_fn, explainer: extra objective term,
+            see :func:`~advlens.attacks.base.forward_penalty` (Python only).
         weight: optional ``[N,1|3,H,W]`` per-pixel weight ``N_w`` of the step (AdvEdge,
             seed 004 eq. 8); default 1.
 
     Shape: ``x`` ``[N,3,H,W]`` in [0,1] → ``x_adv`` same shape, ``‖x_adv − x‖∞ ≤ eps``.
     """
-    eps, alpha = _check_eps(eps), _check_eps(alpha, "alpha")
-    steps = check_count(steps, "steps")
+    eps, alpha = check_number(eps, "eps", 0, 1), check_number(alpha, "alpha", 0, 1)
+    steps, random_start = check_int(steps, "steps", 1), check_bool(random_start, "random_start")
+    check_objective(loss_fn, explainer)
     weight = check_weight(weight, x)
     start = time.perf_counter()
     x = x.detach()
     x_adv = x.clone()
     if random_start:
-        gen = torch.Generator(device=x.device).manual_seed(seed)
-        noise = torch.rand(x.shape, generator=gen, device=x.device, dtype=x.dtype) * 2 - 1
+        noise = rand_per_image(x, seed) * 2 - 1
         x_adv = torch.clamp(x + eps * noise, 0.0, 1.0)
     for _ in range(steps):
         grad, _ = objective_grad(model, x_adv, y, target, loss_fn, explainer)

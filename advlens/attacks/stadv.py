@@ -8,12 +8,13 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
+from .._rng import rand_per_image
+from .._checks import check_int, check_number
 from ..models.wrapper import ClassifierModel
 from .base import (
     AttackResult,
     LossFn,
-    check_count,
-    check_number,
+    check_objective,
     check_weight,
     finish,
     forward_penalty,
@@ -90,7 +91,8 @@ def stadv(
         tau: weight τ ≥ 0 of ``ℓ_flow``. kappa: confidence κ ≥ 0. steps: Adam steps. lr: Adam rate.
         loss_fn, explainer: extra objective term, see :func:`~advlens.attacks.base.forward_penalty`.
         weight: optional ``[N|1,1|3,H,W]`` per-pixel ``N_w ≥ 0`` (3 channels are averaged); 0 pins a pixel.
-        seed: the flow's random start.
+        seed: the flow's random start, drawn per image from the image's content (:mod:`advlens._rng`),
+            so results do not depend on the batch (its size, the other images, the order).
 
     Returns:
         :class:`AttackResult`; ``extras["flow"]`` ``[N,2,H,W]`` the applied flow ``r`` of the kept
@@ -103,16 +105,16 @@ def stadv(
         >>> res = attack(model, x, y, method="stadv", tau=0.0005, steps=300)
         >>> res.extras["flow_loss"]
     """
-    tau, kappa = check_number(tau, "tau", strict=False), check_number(kappa, "kappa", strict=False)
-    lr, steps = check_number(lr, "lr"), check_count(steps, "steps")
+    tau, kappa = check_number(tau, "tau", 0, strict=False), check_number(kappa, "kappa", 0, strict=False)
+    lr, steps = check_number(lr, "lr", 0), check_int(steps, "steps", 1)
+    check_objective(loss_fn, explainer)
     start = time.perf_counter()
     x = x.detach()
     weight = check_weight(weight, x)
     if weight is not None:
         weight = weight.mean(1, keepdim=True)
     n, _, h, w = x.shape
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    f = 0.2 * (torch.rand((n, 2, h, w), generator=gen, device=x.device, dtype=x.dtype) - 0.5)
+    f = 0.2 * (rand_per_image(x, seed, shape=(2, h, w)) - 0.5)
     f.requires_grad_(True)
     opt = torch.optim.Adam([f], lr=lr)
     best_x, best_flow = x.clone(), torch.zeros_like(f)

@@ -87,20 +87,49 @@ class ImageBatch:
     def __post_init__(self) -> None:
         x = self.x
         if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
-            shape = list(x.shape) if isinstance(x, Tensor) else type(x).__name__
-            raise AdvlensError(f"ImageBatch.x must be a float tensor [N,3,H,W], got {shape}")
+            got = f"{x.dtype} {list(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
+            raise AdvlensError(f"ImageBatch.x must be a float tensor [N,3,H,W], got {got}")
         n, _, h, w = x.shape
+        if isinstance(self.names, (str, bytes)) or not isinstance(self.names, Sequence):
+            raise AdvlensError(f"ImageBatch.names must be a list of {n} str, got {type(self.names).__name__}")
         self.names = list(self.names)
         if len(self.names) != n:
             raise AdvlensError(f"ImageBatch has {n} images but {len(self.names)} names")
+        if not all(isinstance(nm, str) for nm in self.names):
+            bad = next(nm for nm in self.names if not isinstance(nm, str))
+            raise AdvlensError(f"ImageBatch.names must be str, got {type(bad).__name__} {str(bad)[:40]!r}")
+        if self.labels is not None:
+            if isinstance(self.labels, (str, bytes)) or not isinstance(self.labels, Sequence) or not all(
+                    isinstance(c, str) for c in self.labels):
+                raise AdvlensError(f"ImageBatch.labels must be a list of class names (str) or None, "
+                                   f"got {str(self.labels)[:60]}")
+            self.labels = list(self.labels)
         if self.y is not None:
-            if not isinstance(self.y, Tensor) or self.y.shape != (n,) or self.y.dtype != torch.int64:
-                raise AdvlensError(f"ImageBatch.y must be an int64 tensor [{n}] or None")
+            self._check_y(n)
         if self.masks is not None:
             if not isinstance(self.masks, Tensor) or self.masks.shape != (n, h, w) or self.masks.dtype != torch.bool:
-                raise AdvlensError(f"ImageBatch.masks must be a bool tensor [{n},{h},{w}] or None")
-        if self.labels is not None:
-            self.labels = list(self.labels)
+                got = f"{self.masks.dtype} {list(self.masks.shape)}" if isinstance(self.masks, Tensor) else \
+                    type(self.masks).__name__
+                raise AdvlensError(f"ImageBatch.masks must be a bool tensor [{n},{h},{w}] or None, got {got}")
+
+    def _check_y(self, n: int) -> None:
+        """``y``: int64 class indices ``[n]``, each ``-1`` (no label) or an index into ``labels``."""
+        y = self.y
+        if not isinstance(y, Tensor):
+            raise AdvlensError(f"ImageBatch.y must be an int64 tensor [{n}] of class indices or None, "
+                               f"got {type(y).__name__}")
+        if y.dtype != torch.int64 or y.shape != (n,):
+            hint = "; labels must be class indices (-1 = none), not scores" if y.is_floating_point() else \
+                "; convert integer labels with y.long()" if not y.is_complex() and y.dtype != torch.bool else ""
+            raise AdvlensError(f"ImageBatch.y must be an int64 tensor [{n}] of class indices or None, "
+                               f"got {y.dtype} {list(y.shape)}{hint}")
+        if n:
+            lo, hi = int(y.min()), int(y.max())
+            top = len(self.labels) - 1 if self.labels is not None else None
+            if lo < -1 or (top is not None and hi > top):
+                rng = f"[-1, {top}]" if top is not None else "≥ -1"
+                raise AdvlensError(f"ImageBatch.y holds class indices in [{lo}, {hi}]; they must be {rng} "
+                                   f"(-1 = no label{f', {top + 1} labels' if top is not None else ''})")
 
     def __len__(self) -> int:
         return self.x.shape[0]

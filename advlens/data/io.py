@@ -4,6 +4,7 @@ numpy appears only at the I/O boundary; everything after :func:`array_to_tensor`
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -12,22 +13,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from advlens._checks import AdvlensError
+from advlens._checks import AdvlensError, file_kind, first_line
 
 __all__ = [
     "IMAGE_SUFFIXES", "parse_size", "array_to_tensor", "read_image_file", "crop_box", "crop_resize",
-    "grey_to_batch", "is_image_path", "images_under", "describe_suffixes",
+    "grey_to_batch", "is_image_path", "images_under", "describe_suffixes", "MAX_SIDE",
 ]
 
 #: File name endings read as images when scanning folders (other files are skipped).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+#: Largest output side accepted by :func:`parse_size` (one 8192×8192 image is 768 MiB as float32).
+MAX_SIDE = 8192
 
 
 def parse_size(size: int | Sequence[int] | None, default: tuple[int, int]) -> tuple[int, int]:
     """Turn ``size`` (``None``, an int for a square, or ``(H, W)``) into ``(H, W)``.
 
     Raises:
-        AdvlensError: not a positive int or a pair of positive ints.
+        AdvlensError: not an int or a pair of ints in ``[1, MAX_SIDE]``.
     """
     if size is None:
         return default
@@ -39,6 +42,8 @@ def parse_size(size: int | Sequence[int] | None, default: tuple[int, int]) -> tu
         raise AdvlensError(f"size must be an int or a pair (H, W) of ints, got {size!r}")
     if not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool) and s > 0 for s in pair):
         raise AdvlensError(f"size must hold positive ints, got {size!r}")
+    if max(pair) > MAX_SIDE:  # type: ignore[type-var]
+        raise AdvlensError(f"size must be at most {MAX_SIDE} pixels per side, got {size!r}")
     return int(pair[0]), int(pair[1])  # type: ignore[call-overload]
 
 
@@ -63,6 +68,8 @@ def array_to_tensor(arr: np.ndarray) -> Tensor:
     elif a.dtype == np.uint16:
         t = torch.from_numpy(a.astype(np.float32)).div_(65535.0)
     elif a.dtype == np.bool_ or np.issubdtype(a.dtype, np.floating):
+        if a.dtype != np.bool_ and not np.isfinite(a).all():
+            raise AdvlensError("image array contains NaN or infinite values")
         t = torch.from_numpy(a.astype(np.float32)).clamp_(0.0, 1.0)
     else:
         raise AdvlensError(f"unsupported image dtype {a.dtype}; expected uint8, uint16, bool or float")
@@ -93,26 +100,46 @@ def _pil_to_array(im: object) -> np.ndarray:
 def read_image_file(path: str | Path) -> Tensor:
     """Read one image file fully (so truncated files are caught), applying its EXIF orientation.
 
+    The file must be a regular file (checked with ``stat`` before opening: a FIFO, a device or a socket is
+    refused, never read). Warnings Pillow raises while decoding (a possible decompression bomb, corrupt EXIF…)
+    are re-issued with the file's name. Pillow stops with an error on a truncated file or on scan data it
+    cannot decode, but it silences libjpeg's own warnings: a JPEG whose damaged scan data libjpeg can step
+    over decodes (with the damaged blocks) without any report.
+
     Returns:
         float32 tensor ``[3, H, W]`` in [0, 1] (grey and palette images become RGB; alpha goes over white).
 
     Raises:
-        AdvlensError: the file is missing, not an image, or corrupt/truncated (the message names the file).
+        AdvlensError: the file is missing or not a regular file, not an image, corrupt/truncated, too large
+            to decode safely, or holds NaN/inf pixels (float TIFF); the message names the file.
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     path = Path(path)
-    if not path.is_file():
+    kind = file_kind(path)
+    if kind == "missing":
         raise AdvlensError(f"no such image file: '{path}'")
+    if kind != "a regular file":
+        raise AdvlensError(f"image file '{path}' is {kind}, not a regular file")
     try:
-        with Image.open(path) as im:
-            im.load()  # decodes every byte: raises on truncated or corrupt data
-            arr = _pil_to_array(ImageOps.exif_transpose(im))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            with Image.open(path) as im:
+                im.load()  # decodes every byte: raises on truncated or corrupt data
+                if im.mode == "F" and not np.isfinite(np.asarray(im)).all():
+                    raise AdvlensError(f"image file '{path}' holds NaN or infinite pixel values (float image)")
+                arr = _pil_to_array(ImageOps.exif_transpose(im))
+    except AdvlensError:
+        raise
     except UnidentifiedImageError:
         raise AdvlensError(f"cannot read image file '{path}': not a recognised image format") from None
-    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, EOFError, DecompressionBombError…
-        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise AdvlensError(f"cannot read image file '{path}': corrupt or truncated ({detail})") from None
+    except Image.DecompressionBombError as exc:
+        raise AdvlensError(f"cannot read image file '{path}': too large to decode safely ({first_line(exc)})") from None
+    except Exception as exc:  # PIL raises OSError, SyntaxError, ValueError, EOFError…
+        raise AdvlensError(f"cannot read image file '{path}': corrupt or truncated ({first_line(exc)})") from None
+    for w in caught:
+        category = w.category if issubclass(w.category, Warning) else UserWarning
+        warnings.warn(f"image file '{path}': {first_line(w.message)}", category, stacklevel=2)
     return array_to_tensor(arr)
 
 
@@ -173,9 +200,22 @@ def is_image_path(path: Path) -> bool:
 
 
 def images_under(folder: Path, recursive: bool) -> list[Path]:
-    """Sorted image files in ``folder`` (and its subfolders when ``recursive``), hidden ones skipped."""
+    """Sorted image files in ``folder`` (and its subfolders when ``recursive``), hidden ones skipped.
+
+    Raises:
+        AdvlensError: an entry with an image suffix is not a regular file (a FIFO, a device, a socket, a
+            broken link): it is named rather than skipped or opened.
+    """
     found = folder.rglob("*") if recursive else folder.iterdir()
-    keep = [p for p in found if is_image_path(p) and not any(part.startswith(".") for part in p.relative_to(folder).parts)]
+    keep = []
+    for p in found:
+        if p.suffix.lower() not in IMAGE_SUFFIXES or any(part.startswith(".") for part in p.relative_to(folder).parts):
+            continue
+        kind = file_kind(p)
+        if kind == "a regular file":
+            keep.append(p)
+        elif kind != "a folder":
+            raise AdvlensError(f"'{p}' in folder '{folder}' is {kind}, not an image file; remove it or move it away")
     return sorted(keep)
 
 

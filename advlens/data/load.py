@@ -4,12 +4,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
-
-from advlens._checks import AdvlensError, unknown_name
+from advlens._checks import AdvlensError, check_int, check_memory, unknown_name
 
 from .batch import ImageBatch
-from .builtin import load_digits, load_lfw, load_samples
+from .builtin import SAMPLE_PHOTOS, load_digits, load_lfw, load_samples
 from .io import parse_size
 from .photos import build_photo_batch, file_items
 from .shapes import load_shapes
@@ -25,6 +23,8 @@ _SOURCES: dict[str, tuple[_Loader, tuple[int, int]]] = {
     "lfw": (load_lfw, (32, 32)),
     "shapes": (load_shapes, (32, 32)),
 }
+#: images in each built-in source when ``n`` is None (shapes: its default count)
+_COUNTS = {"samples": len(SAMPLE_PHOTOS), "digits": 1797, "lfw": 200, "shapes": 200}
 #: default output size per source; files and folders use ``"files"``.
 DEFAULT_SIZES: dict[str, tuple[int, int]] = {name: s for name, (_, s) in _SOURCES.items()} | {"files": (224, 224)}
 
@@ -38,9 +38,11 @@ def _looks_like_path(text: str) -> bool:
     return any(sep in text for sep in ("/", "\\")) or text.startswith((".", "~")) or bool(Path(text).suffix)
 
 
-def _check_int(value: object, name: str, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise AdvlensError(f"{name} must be an int >= {minimum}, got {value!r}")
+def _check_fits(count: int, size: tuple[int, int]) -> None:
+    """Refuse, before allocating, a batch ``[count, 3, *size]`` of float32 larger than the free memory."""
+    h, w = size
+    check_memory(count * 3 * h * w * 4, f"n={count} images of size {h}×{w} (float32 [N,3,H,W])",
+                 "lower n or size")
 
 
 def load_images(source: str | Path | Sequence[str | Path], size: int | tuple[int, int] | None = None, *,
@@ -74,7 +76,9 @@ def load_images(source: str | Path | Sequence[str | Path], size: int | tuple[int
         ``masks`` bool ``[N, H, W]`` (shapes only) and ``labels``.
 
     Raises:
-        AdvlensError: unknown source name, missing path, no images, unreadable/truncated file, bad argument.
+        AdvlensError: unknown source name, missing path or one that is not a regular file or folder, no images,
+            unreadable/truncated file, bad argument, or a batch (``N·3·H·W·4`` bytes, estimated before anything
+            is allocated) larger than the available memory.
 
     Example:
         >>> batch = load_images("digits", 16, n=10, split="test")
@@ -82,13 +86,15 @@ def load_images(source: str | Path | Sequence[str | Path], size: int | tuple[int
         (torch.Size([10, 3, 16, 16]), True)
     """
     if n is not None:
-        _check_int(n, "n", 1)
-    _check_int(seed, "seed", 0)
+        n = check_int(n, "n", 1)
+    seed = check_int(seed, "seed", 0)
     if split is not None and split not in ("train", "test"):
         raise AdvlensError(f"split must be 'train', 'test' or None, got {split!r}")
     if isinstance(source, str) and source in _SOURCES:
         loader, default = _SOURCES[source]
-        return loader(parse_size(size, default), n, split, int(seed))
+        hw = parse_size(size, default)
+        _check_fits(_COUNTS[source] if n is None else n, hw)
+        return loader(hw, n, split, seed)
     if isinstance(source, str) and not Path(source).expanduser().exists() and not _looks_like_path(source):
         raise AdvlensError(f"{unknown_name('image source', source, list_sources())}, or a path to images")
     if not isinstance(source, (str, Path, list, tuple)):
@@ -97,7 +103,9 @@ def load_images(source: str | Path | Sequence[str | Path], size: int | tuple[int
         )
     if isinstance(source, (list, tuple)) and not all(isinstance(p, (str, Path)) for p in source):
         raise AdvlensError("a list source must hold only file paths (str or pathlib.Path)")
+    hw = parse_size(size, DEFAULT_SIZES["files"])
     items, labels = file_items(source)
     what = str(source) if isinstance(source, (str, Path)) else f"the {len(items)} files given"
-    return build_photo_batch(items, parse_size(size, DEFAULT_SIZES["files"]), n=n, split=split, seed=int(seed),
+    _check_fits(len(items) if n is None else n, hw)
+    return build_photo_batch(items, hw, n=n, split=split, seed=seed,
                              first=False, labels=labels, has_y=labels is not None, what=what)

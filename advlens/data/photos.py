@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from advlens._checks import AdvlensError
+from advlens._checks import AdvlensError, file_kind
 
 from .batch import ImageBatch, stratified_split_indices, subsample_indices
 from .io import crop_box, crop_resize, describe_suffixes, images_under, is_image_path, read_image_file
@@ -120,23 +120,31 @@ def file_items(source: str | Path | Sequence[str | Path]) -> tuple[list[PhotoIte
         ``(items, labels)``; ``labels`` is the sorted class-folder names for an ImageFolder layout, else None.
 
     Raises:
-        AdvlensError: missing path, a folder in a list, or no image files found.
+        AdvlensError: missing path, a folder in a list, something that is neither a regular file nor a folder
+            (a FIFO, a device such as ``/dev/zero``, a socket: checked with ``stat``, never opened), or no
+            image files found.
     """
     if isinstance(source, (str, Path)):
         path = Path(source).expanduser()
-        if not path.exists():
+        kind = file_kind(path)
+        if kind == "missing":
             raise AdvlensError(f"no such file or folder: '{source}'")
-        if path.is_file():
+        if kind == "a regular file":
             return [PhotoItem(path.stem, _reader(path))], None
+        if kind != "a folder":
+            raise AdvlensError(f"'{source}' is {kind}, not an image file or a folder of images")
         return _folder_items(path)
     paths = [Path(p).expanduser() for p in source]
     if not paths:
         raise AdvlensError("no images given: the list of image paths is empty")
     for p in paths:
-        if not p.exists():
+        kind = file_kind(p)
+        if kind == "missing":
             raise AdvlensError(f"no such image file: '{p}'")
-        if not p.is_file():
+        if kind == "a folder":
             raise AdvlensError(f"expected image files in the list, got folder '{p}' (pass a folder on its own)")
+        if kind != "a regular file":
+            raise AdvlensError(f"'{p}' in the list of images is {kind}, not an image file")
     return [PhotoItem(nm, _reader(p)) for nm, p in zip(_unique_names(paths, None), paths)], None
 
 

@@ -147,4 +147,6 @@ def load_shapes(size: tuple[int, int], n: int | None, split: str | None, seed: i
     total = 200 if n is None else n
     x, y, masks = render_shapes(total, size, seed)
     idx = select_split(y, total, split, "shapes")
-    return ImageBatch(x[idx], y[idx], [f"shapes_{i:04d}" for i in idx.tolist()], masks[idx], list(SHAPE_CLASSES))
+    if split is not None:  # no copy of the whole set when all of it is returned
+        x, y, masks = x[idx], y[idx], masks[idx]
+    return ImageBatch(x, y, [f"shapes_{i:04d}" for i in idx.tolist()], masks, list(SHAPE_CLASSES))

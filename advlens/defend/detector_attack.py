@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import torch
 
-from .._checks import AdvlensError, check_images
+from .._checks import AdvlensError, check_images, check_int, check_number
 from ..attacks import AttackResult, attack
-from ..attacks.base import check_count, check_number
 from ..detect.base import Detector, auto_batch
 from ..detect.behavior import BehaviorDeviation
 from ..detect.ensemble import EnsembleDetector, _layers
@@ -65,7 +64,7 @@ def soft_decision(state: dict[str, torch.Tensor], features: torch.Tensor, temper
     left; a leaf is reached with the product of the decisions along its path, and each tree gives the
     expected leaf value. ``temperature → 0`` gives the hard trees (ties ``x_f == t`` aside).
     """
-    temperature = check_number(temperature, "temperature")
+    temperature = check_number(temperature, "temperature", 0)
     parent, is_left, depth = _tree_paths(state)
     n_trees, n_nodes = parent.shape
     x = features.float().double()  # as decision(): float32 features against float64 thresholds
@@ -164,8 +163,8 @@ def detector_attack(model, detector: Detector, x: torch.Tensor, y: torch.Tensor 
     """
     _check_supported(detector)
     weight = check_number(weight, "weight", 0.0, strict=False)
-    eps = check_number(eps, "eps")
-    steps = check_count(steps, "steps")
+    eps = check_number(eps, "eps", 0, 1)
+    steps = check_int(steps, "steps", 1)
     alpha = 2.5 * eps / steps if alpha is None else alpha
     y_ref = check_model(model).predict(x) if y is None else torch.as_tensor(y, device=x.device)
 

@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .._checks import AdvlensError, unknown_name
+from .._checks import AdvlensError, check_choice, check_int, unknown_name
 from ..models.wrapper import ClassifierModel
 from .transforms import TRANSFORMS
 
@@ -40,15 +40,14 @@ class InputTransform(nn.Module):
     def __init__(self, name: str, params: dict, gradient: str = "exact", seed: int = 0,
                  size: tuple[int, int] = (32, 32)) -> None:
         super().__init__()
-        if name not in TRANSFORMS:
+        if not isinstance(name, str) or name not in TRANSFORMS:
             raise unknown_name("defense", name, TRANSFORMS)
         spec = TRANSFORMS[name]
         bad = sorted(set(params) - set(spec.defaults))
         if bad:
             raise AdvlensError(f"unknown parameter(s) {bad} for defense {name!r} (accepted: {sorted(spec.defaults)})")
-        if gradient not in ("exact", "bpda"):
-            raise AdvlensError(f"gradient must be 'exact' or 'bpda', got {gradient!r}")
-        self.spec, self.params, self.gradient, self.seed = spec, {**spec.defaults, **params}, gradient, int(seed)
+        gradient, seed = check_choice(gradient, "gradient", ("exact", "bpda")), check_int(seed, "seed")
+        self.spec, self.params, self.gradient, self.seed = spec, {**spec.defaults, **params}, gradient, seed
         self._gens: dict[torch.device, torch.Generator] = {}
         spec.fn(torch.zeros(1, 3, *size), **self._call_params(torch.device("cpu")))  # validate parameters now
         self._gens.clear()
@@ -62,7 +61,7 @@ class InputTransform(nn.Module):
 
     def reseed(self, seed: int | None = None) -> None:
         """Restart the random draws (from ``seed``, default the construction seed)."""
-        self.seed = self.seed if seed is None else int(seed)
+        self.seed = self.seed if seed is None else check_int(seed, "seed")
         self._gens.clear()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -98,7 +97,7 @@ class DefendedModel(ClassifierModel):
         self.precision, self.channels_last = base.precision, base.channels_last
         self.compile_options = base.compile_options
         self.transform = transform
-        self.samples = int(samples)
+        self.samples = check_int(samples, "samples (EOT draws, --eot)", 1)
         object.__setattr__(self, "base", base)  # not a submodule: its parameters are already ours
 
     @property
@@ -119,6 +118,7 @@ class DefendedModel(ClassifierModel):
     def adaptive(self, samples: int = 8) -> DefendedModel:
         """The adaptive attacker's view: BPDA for non-differentiable, EOT (``samples`` draws) for random transforms."""
         spec = self.transform.spec
+        samples = check_int(samples, "samples (EOT draws, --eot)", 1)
         if spec.differentiable and not spec.random:
             return self
         gradient = "exact" if spec.differentiable else "bpda"

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from .._checks import AdvlensError, unknown_name
+from .._checks import AdvlensError, check_bool, check_int, check_number, unknown_name
 from ..attacks import attack
 from ..explain.engine import capture
 from ..models.wrapper import ClassifierModel
@@ -63,6 +63,16 @@ def save_model(model: ClassifierModel, path: str | Path, info: dict[str, Any]) -
             **{k: v for k, v in info.items() if k != "extra"}}
     _save(model.net, path, meta)
     return path
+
+
+def _check_training(epochs: Any, lr: Any, seed: Any, stop_after: Any, progress: Any) -> None:
+    """The parameters every recipe shares, checked before any attack or training starts."""
+    check_int(epochs, "epochs", 1)
+    check_number(lr, "lr", 0)
+    check_int(seed, "seed")
+    if stop_after is not None:
+        check_int(stop_after, "stop_after", 0)
+    check_bool(progress, "progress")
 
 
 def _copy(model: ClassifierModel) -> ClassifierModel:
@@ -122,8 +132,11 @@ def retrain(
         ``(immune_model, info)``; ``info`` has ``n_train``, ``n_adversarial`` (added images),
         ``attack_success`` on the attacked training images, the recipe and the training summary.
     """
-    if method not in RETRAIN_ATTACKS:
+    if not isinstance(method, str) or method not in RETRAIN_ATTACKS:
         raise unknown_name("retraining attack", method, RETRAIN_ATTACKS)
+    _check_training(epochs, lr, seed, stop_after, progress)
+    if n_attack is not None:
+        check_int(n_attack, "n_attack", 1)
     params = {**RETRAIN_ATTACKS[method], **attack_params}
     net = _copy(model)
     x, y = (t.to(model.device) for t in training_data(data))
@@ -188,8 +201,10 @@ def adversarial_train(
     Returns:
         ``(robust_model, info)`` with the recipe and the training summary.
     """
-    if gamma < 0:
-        raise AdvlensError(f"gamma must be ≥ 0, got {gamma!r}")
+    eps, steps = check_number(eps, "eps", 0, 1), check_int(steps, "steps", 1)
+    alpha = None if alpha is None else check_number(alpha, "alpha", 0, 1)
+    gamma = check_number(gamma, "gamma", 0, strict=False)
+    _check_training(epochs, lr, seed, stop_after, progress)
     if gamma > 0 and (model.classifier is None or model.cam_layer is None):
         raise AdvlensError(f"interpretation-robust training needs a CAM model (cam_layer and classifier); {model.name} has none")
     alpha = 2.5 * eps / steps if alpha is None else alpha

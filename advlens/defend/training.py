@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .._checks import AdvlensError
+from .._checks import AdvlensError, check_int, check_number
 from .._io import atomic_write
 from ..models.wrapper import ClassifierModel
 
@@ -114,8 +114,8 @@ def fit(
         ``{"epochs" (completed so far), "resumed_from", "seconds", "loss" (mean of the last epoch of this
         call), "extra"}``.
     """
-    if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-        raise AdvlensError(f"epochs must be a positive integer, got {epochs!r}")
+    epochs, lr = check_int(epochs, "epochs", 1), check_number(lr, "lr", 0)
+    batch_size, seed = check_int(batch_size, "batch_size", 1), check_int(seed, "seed")
     params = [p for p in model.net.parameters()]
     for p in params:
         p.requires_grad_(True)

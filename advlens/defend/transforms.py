@@ -23,21 +23,9 @@ from typing import Any
 import kornia
 import torch
 
-from .._checks import AdvlensError
+from .._checks import AdvlensError, check_int, check_number
 
 __all__ = ["Transform", "TRANSFORMS", "median", "squeeze", "blur", "jpeg", "jpeg_surrogate", "noise"]
-
-
-def _int(value: Any, name: str, low: int, high: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise AdvlensError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
-    return value
-
-
-def _positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise AdvlensError(f"{name} must be a positive number, got {value!r}")
-    return float(value)
 
 
 def _fits(x: torch.Tensor, pad: int, what: str) -> None:
@@ -48,7 +36,7 @@ def _fits(x: torch.Tensor, pad: int, what: str) -> None:
 
 def median(x: torch.Tensor, k: int = 3) -> torch.Tensor:
     """Median over each pixel's ``k × k`` neighbourhood (odd ``k``), reflect border (scipy's ``mirror``)."""
-    k = _int(k, "k (median window)", 1, 63)
+    k = check_int(k, "k (median window)", 1, 63)
     if k % 2 == 0:
         raise AdvlensError(f"k (median window) must be odd, got {k}")
     if k == 1:
@@ -59,13 +47,13 @@ def median(x: torch.Tensor, k: int = 3) -> torch.Tensor:
 
 def squeeze(x: torch.Tensor, bits: int = 4) -> torch.Tensor:
     """Reduce every channel to ``2^bits`` levels: ``round(x · (2^bits − 1)) / (2^bits − 1)``."""
-    levels = 2 ** _int(bits, "bits", 1, 8) - 1
+    levels = 2 ** check_int(bits, "bits", 1, 8) - 1
     return torch.round(x * levels) / levels
 
 
 def blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
     """Gaussian blur, kernel ``2·⌈3σ⌉ + 1`` (scipy's ``truncate=3``), reflect border."""
-    sigma = _positive(sigma, "sigma")
+    sigma = check_number(sigma, "sigma (blur)", 0)
     k = 2 * math.ceil(3 * sigma) + 1
     _fits(x, k // 2, f"a Gaussian blur of sigma {sigma:g} (kernel {k})")
     return kornia.filters.gaussian_blur2d(x, (k, k), (sigma, sigma), border_type="reflect")
@@ -79,7 +67,7 @@ def jpeg(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
     """
     from torchvision.io import decode_jpeg, encode_jpeg
 
-    quality = _int(quality, "quality", 1, 100)
+    quality = check_int(quality, "quality", 1, 100)
     with torch.no_grad():
         u8 = (x.detach() * 255).round().clamp(0, 255).to(torch.uint8)
         data = encode_jpeg(list(u8), quality=quality)
@@ -97,7 +85,7 @@ def jpeg_surrogate(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
 
 def noise(x: torch.Tensor, sigma: float = 0.05, generator: torch.Generator | None = None) -> torch.Tensor:
     """``clamp(x + sigma · ε, 0, 1)`` with ``ε ~ N(0, 1)`` drawn from ``generator``."""
-    sigma = _positive(sigma, "sigma")
+    sigma = check_number(sigma, "sigma (noise)", 0)
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return torch.clamp(x + sigma * eps, 0.0, 1.0)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .._checks import AdvlensError, unknown_name
+from .._checks import AdvlensError, check_file, check_path, unknown_name
 from .base import Detector
 from .behavior import BehaviorDeviation
 from .ensemble import BACKBONES, EnsembleDetector, interpreter_maps
@@ -31,12 +31,14 @@ def make(kind: str, **params) -> Detector:
 
 def load(path: str | Path, model) -> Detector:
     """Read any detector written by ``Detector.save`` (the kind is read from ``path.json``)."""
-    meta_path = Path(path).with_name(Path(path).name + ".json")
+    path = check_path(path, "detector file")
+    check_file(path, "detector file")
+    meta_path = check_file(path.with_name(path.name + ".json"), "detector metadata")
     try:
         kind = json.loads(meta_path.read_text()).get("kind")
-    except (OSError, json.JSONDecodeError, AttributeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
         raise AdvlensError(f"cannot read detector metadata {meta_path}") from None
     by_kind = {cls.kind: cls for cls in DETECTORS.values()}
-    if kind not in by_kind:
+    if not isinstance(kind, str) or kind not in by_kind:
         raise AdvlensError(f"{meta_path} names an unknown detector kind {kind!r}")
     return by_kind[kind].load(path, model)

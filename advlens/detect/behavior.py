@@ -14,12 +14,15 @@
    75 % of the clean images and the threshold is the (1 − ``fpr``) quantile of the other 25 %'s scores.
 
 All maps explain the class ``I_c`` is predicted as; the copies go through the model in batches.
+An input's score depends only on that input (and the fitted PCA): its copies' noise is drawn from its
+own generator, seeded by ``seed`` and the input's content (:mod:`advlens._rng`), not per batch.
 """
 from __future__ import annotations
 
 import torch
 
 from .._checks import AdvlensError
+from .._rng import randn_per_image
 from ..explain import explain
 from ..metrics import cosine
 from .base import Detector, auto_batch
@@ -38,7 +41,8 @@ class BehaviorDeviation(Detector):
         threshold: score above which an input is flagged; None calibrates it on held-out clean images
             to the false-positive rate ``fpr`` (0.05).
         batch_size: images per explanation pass (None: by device and image size, see ``auto_batch``).
-        seed: the noise of the copies.
+        seed: the noise of the copies, drawn per image from the image's content (:mod:`advlens._rng`),
+            so results do not depend on the batch (its size, the other images, the order).
     """
 
     kind = "behavior"
@@ -87,12 +91,12 @@ class BehaviorDeviation(Detector):
 
     def benign_copies(self, x: torch.Tensor, xc: torch.Tensor) -> torch.Tensor:
         """Steps 2–3: ``copies`` Gaussian images ``I_c + N(mean(I_n), std(I_n))`` per input, ``[copies·N,3,H,W]``
-        (copy-major), from ``x`` and its cleaning ``xc`` (both ``[N,3,H,W]``); seeded by ``seed``."""
+        (copy-major), from ``x`` and its cleaning ``xc`` (both ``[N,3,H,W]``); input ``i``'s noise comes from its
+        own generator, seeded by ``seed`` and ``x[i]``'s content, whatever the batch."""
         noise = x - xc
         mu = noise.mean(dim=(1, 2, 3), keepdim=True)
         sd = noise.std(dim=(1, 2, 3), keepdim=True)
-        gen = torch.Generator(device=x.device).manual_seed(self.seed)
-        eps = torch.randn((self.copies, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
+        eps = randn_per_image(x, self.seed, copies=self.copies)  # [copies,N,3,H,W]
         return (xc.unsqueeze(0) + mu + sd * eps).clamp(0, 1).flatten(0, 1)
 
     def _score(self, x: torch.Tensor) -> torch.Tensor:

@@ -69,7 +69,10 @@ class EnsembleDetector(Detector):
             :meth:`fit` gets none (PGD, ε 0.031, 20 steps).
         options: per-interpreter explanation options, e.g. ``{"mask": {"steps": 100}}``.
         n_estimators, max_depth, learning_rate: the gradient boosting (scikit-learn's defaults).
-        batch_size: images per explanation / backbone pass. seed: the attack and the boosting.
+        batch_size: images per explanation / backbone pass.
+        seed: the attack that makes the training examples and any explanation noise (SmoothGrad), both
+            drawn per image from the image's content (:mod:`advlens._rng`), so a score does not depend
+            on the batch; and the boosting's fit.
     """
 
     kind = "ensemble"

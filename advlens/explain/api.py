@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 import torch
 from torch.nn import functional as F
 
-from .._checks import AdvlensError, check_images, unknown_name
+from .._checks import AdvlensError, check_bool, check_images, check_int, check_layers, check_number, unknown_name
 from ..models.wrapper import ClassifierModel
 from ..models.batching import concat_maps, resolve_batch_size, run_batched
 from . import cam as _cam
@@ -153,9 +153,15 @@ def explain_many(
     """
     model = check_model(model)
     check_images(x)
+    if isinstance(methods, str) or not isinstance(methods, (list, tuple)):
+        raise AdvlensError(f"methods must be a list of method names, got {methods!r}; use explain() for one method")
+    layers = check_layers(layers)
+    create_graph, normalize = check_bool(create_graph, "create_graph"), check_bool(normalize, "normalize")
+    return_logits, seed = check_bool(return_logits, "return_logits"), check_int(seed, "seed")
+    eps = check_number(eps, "eps", 0, strict=False)
     methods = list(dict.fromkeys(methods))
     for m in methods:
-        if m not in list_methods():
+        if not isinstance(m, str) or m not in list_methods():
             raise unknown_name("explanation method", m, list_methods())
     accepted = set().union(*(method_options(m) for m in methods))
     unknown = sorted(set(options) - accepted)

@@ -71,7 +71,15 @@ def resolve_target(target: int | torch.Tensor | None, logits: torch.Tensor) -> t
     n, c = logits.shape
     if target is None:
         return logits.detach().argmax(1)
-    t = torch.as_tensor(target, device=logits.device)
+    if isinstance(target, (bool, str)):
+        raise AdvlensError(f"target must be a class index (int) or a tensor [{n}] of them, got {target!r}")
+    try:
+        t = torch.as_tensor(target, device=logits.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise AdvlensError(f"target must be a class index (int) or a tensor [{n}] of them, "
+                           f"got {type(target).__name__}") from None
+    if t.dtype == torch.bool:
+        raise AdvlensError(f"target must hold class indices (integers), got dtype {t.dtype}")
     if t.is_floating_point():
         raise AdvlensError(f"target must hold class indices (integers), got dtype {t.dtype}")
     t = t.long().expand(n) if t.ndim == 0 else t.long()

@@ -7,7 +7,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from .._checks import AdvlensError
+from .._checks import check_int, check_number
+from .._rng import randn_per_image
 from ..models.wrapper import ClassifierModel
 from .engine import forward_backward, resolve_target
 
@@ -51,8 +52,7 @@ def smooth_relu(model: ClassifierModel, tau: float = 1e-4) -> Iterator[int]:
 
     Activations applied functionally (``F.relu`` inside a ``forward``) are not smoothed.
     """
-    if not tau > 0:
-        raise AdvlensError(f"tau must be > 0, got {tau!r}")
+    tau = check_number(tau, "tau", 0)
     patched = [m for m in model.modules() if type(m) in (nn.ReLU, nn.ReLU6)]
     try:
         for m in patched:
@@ -83,18 +83,21 @@ def smoothgrad(
 
     ``σ = noise_level · (max(x_n) − min(x_n))`` per image, as in the paper. The noisy copies are
     not clipped to [0,1] (the paper adds noise to the input as is). All ``N · n_samples`` copies
-    go through the model in batches of ``batch_size``; the target is each clean image's class.
+    go through the model in batches of ``batch_size``; the target is each clean image's class. The
+    noise is drawn per image from ``seed`` and the image's content (:mod:`advlens._rng`), so a map does
+    not depend on the batch.
 
     Shape: ``x`` ``[N,3,H,W]`` → ``[N,H,W]``.
     """
+    n_samples, batch_size = check_int(n_samples, "n_samples", 1), check_int(batch_size, "batch_size", 1)
+    noise_level = check_number(noise_level, "noise_level", 0, strict=False)
     if target is None:
         with torch.no_grad():
             target = model(x).argmax(1)
     n = x.shape[0]
     tgt = resolve_target(target, torch.empty(n, len(model.labels), device=x.device))
-    gen = torch.Generator(device=x.device).manual_seed(seed)
     span = (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).view(n, 1, 1, 1, 1)
-    noise = torch.randn((n_samples, *x.shape), generator=gen, device=x.device, dtype=x.dtype)
+    noise = randn_per_image(x, seed, copies=n_samples)  # [n_samples,N,...]: per image, not per batch
     noisy = (x.unsqueeze(0) + noise * (noise_level * span).transpose(0, 1)).reshape(-1, *x.shape[1:])
     tgts = tgt.repeat(n_samples)
     total = torch.zeros(n, *x.shape[2:], device=x.device, dtype=x.dtype)

@@ -38,8 +38,6 @@ different function.
 """
 from __future__ import annotations
 
-import math
-import numbers
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -53,7 +51,7 @@ from zennit.core import Composite
 from zennit.torchvision import ResNetCanonizer, VGGCanonizer
 from zennit.types import Activation, AvgPool, BatchNorm, Linear, MaxPool
 
-from .._checks import AdvlensError, check_images, unknown_name
+from .._checks import AdvlensError, check_images, check_int, check_number, unknown_name
 from ..models.small_vgg import SmallVGG
 from ..models.wrapper import ClassifierModel
 from .engine import check_model, resolve_target
@@ -126,10 +124,9 @@ def lrp(
     check_images(x)
     if composite not in LRP_COMPOSITES:
         raise unknown_name("LRP composite", composite, LRP_COMPOSITES)
-    if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not math.isfinite(epsilon) or epsilon <= 0:
-        raise AdvlensError(f"epsilon must be a positive finite number, got {epsilon!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1):
-        raise AdvlensError(f"batch_size must be a positive int or None, got {batch_size!r}")
+    epsilon = check_number(epsilon, "epsilon", 0)
+    if batch_size is not None:
+        batch_size = check_int(batch_size, "batch_size", 1)
     if create_graph:
         raise AdvlensError("LRP maps are not differentiable; call it with create_graph=False")
     n = x.shape[0]

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from .._checks import AdvlensError, check_images
+from .._checks import AdvlensError, check_images, check_int, check_number
 from ..models.wrapper import ClassifierModel
 from .engine import check_model, resolve_target
 
@@ -134,6 +134,15 @@ def optimize_mask(
     """
     check_model(model)
     check_images(x)
+    steps, mask_size = check_int(steps, "steps", 0), check_int(mask_size, "mask_size", 1)
+    blur_kernel, seed = check_int(blur_kernel, "blur_kernel", 1), check_int(seed, "seed")
+    if blur_kernel % 2 == 0:
+        raise AdvlensError(f"blur_kernel must be odd, got {blur_kernel}")
+    if blur_kernel // 2 >= min(x.shape[-2:]):
+        raise AdvlensError(f"blur_kernel={blur_kernel} is too large for images of {x.shape[-2]}x{x.shape[-1]} pixels")
+    lr, blur_sigma = check_number(lr, "lr", 0), check_number(blur_sigma, "blur_sigma", 0)
+    l1, tv = check_number(l1, "l1", 0, strict=False), check_number(tv, "tv", 0, strict=False)
+    tv_beta, init = check_number(tv_beta, "tv_beta", 0), check_number(init, "init", 0, 1, strict=False)
     x = x.detach()
     h, w = x.shape[-2:]
     with torch.no_grad():

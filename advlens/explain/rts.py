@@ -35,7 +35,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .._checks import AdvlensError, check_images
+from .._checks import AdvlensError, check_images, check_int
 from .._io import atomic_write
 from ..models.small_vgg import _N_IMAGES, advlens_home
 from ..models.wrapper import ClassifierModel
@@ -357,6 +357,9 @@ def rts(
     """
     check_model(model)
     check_images(x)
+    seed = check_int(seed, "seed")
+    if data is not None and not isinstance(data, str):
+        raise AdvlensError(f"data must be the name of the data the RTS masker trains on (e.g. 'shapes'), got {data!r}")
     net, meta = _cached(model, _data_for(model, data), seed, x.device)
     if meta["num_classes"] != len(model.labels):
         raise AdvlensError(f"the cached RTS masker has {meta['num_classes']} classes, {model.name!r} has {len(model.labels)}")

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import fnmatch
+import inspect
+import os
 from collections.abc import Callable
 from typing import Any
 
 import torch
 
-from .._checks import AdvlensError, unknown_name
+from .._checks import AdvlensError, check_device, check_path, first_line, unknown_name
 from .wrapper import ClassifierModel
 
 __all__ = ["register_model", "list_models", "load_model"]
@@ -54,22 +56,50 @@ def load_model(
             a model's own defaults.
 
     Raises:
-        AdvlensError: unknown name (with close matches) or unusable weights.
+        AdvlensError: unknown name (with close matches), unusable weights, a device this machine does not
+            have, or an option the model does not take (each checked before anything is built).
 
     Example:
         >>> model = load_model("efficientnet_lite0")
         >>> model(torch.rand(1, 3, 224, 224)).shape
         torch.Size([1, 1000])
     """
+    if not isinstance(name, str):
+        raise AdvlensError(f"model name must be a str such as 'vgg16', got {type(name).__name__} "
+                           f"{first_line(repr(name), 60)}")
     if name not in _REGISTRY:
         raise unknown_name("model", name, list_models())
+    if weights is not None and not (isinstance(weights, str) and weights == "random"):
+        if not isinstance(weights, (str, os.PathLike)):
+            raise AdvlensError(f"weights must be a file path (str or os.PathLike), 'random' or None, "
+                               f"got {type(weights).__name__} {first_line(repr(weights), 60)}")
+        weights = str(check_path(weights, "weights"))
+    dev = check_device(device) if device is not None else None
+    builder = _REGISTRY[name]
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    model = _REGISTRY[name](weights=weights, **kwargs)
-    if device is not None:
+    _check_options(name, builder, kwargs)
+    model = builder(weights=weights, **kwargs)
+    if dev is not None:
         try:
-            model = model.to(device)
+            model = model.to(dev)
         except (RuntimeError, AssertionError) as e:
             raise AdvlensError(f"cannot use device {device!r}: {str(e).splitlines()[0]}") from None
     for p in model.parameters():
         p.requires_grad_(False)
     return model.eval()
+
+
+def _check_options(name: str, builder: Builder, kwargs: dict[str, Any]) -> None:
+    """Refuse options the builder of ``name`` does not take (one line listing the ones it does)."""
+    try:
+        sig = inspect.signature(builder)
+    except (TypeError, ValueError):
+        return
+    params = sig.parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    options = [p for p in params if p != "weights"]
+    for key in kwargs:
+        if key not in params or key == "weights":
+            took = f"takes {', '.join(options)}" if options else "takes no options"
+            raise AdvlensError(f"model {name!r} has no option {key!r} (it {took} besides weights and device)")

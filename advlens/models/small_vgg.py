@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from collections import OrderedDict
 from torch import nn
 from torch.nn import functional as F
 
-from .._checks import AdvlensError, unknown_name
+from .._checks import AdvlensError, check_int, check_path, first_line, unknown_name
 from .registry import register_model
 from .wrapper import ClassifierModel
 
@@ -86,19 +85,24 @@ def train_small_vgg(
     Args:
         data: ``"digits"``, ``"lfw"`` or ``"shapes"`` (train split; accuracy on the test split).
         seed: controls init and batch order; the same seed gives the same weights.
-        epochs: default per data set (digits 15, lfw 40, shapes 20).
+        epochs: an int ≥ 1, or None for the default per data set (digits 15, lfw 40, shapes 20).
         out: file to write (default: the cache path that :func:`load_model` looks up).
         progress: show a tqdm bar over epochs.
 
     Returns:
         ``(model, info)`` with ``info`` holding ``test_accuracy``, ``train_accuracy``, ``epochs``,
         ``seconds``, ``path``.
+
+    Raises:
+        AdvlensError: unknown ``data``, or ``seed``/``epochs``/``out`` of the wrong type or range.
     """
     from ..data import load_images
 
-    if data not in TRAINABLE_DATA:
+    if not isinstance(data, str) or data not in TRAINABLE_DATA:
         raise unknown_name("training data", data, TRAINABLE_DATA)
-    epochs = epochs or _EPOCHS[data]
+    seed = check_int(seed, "seed", 0)
+    epochs = _EPOCHS[data] if epochs is None else check_int(epochs, "epochs", 1)
+    out = None if out is None else check_path(out, "out")
     n = _N_IMAGES.get(data)
     train, test = (load_images(data, n=n, split=s, seed=seed) for s in ("train", "test"))
     torch.manual_seed(seed)
@@ -148,17 +152,12 @@ def _accuracy(model: ClassifierModel, x: torch.Tensor, y: torch.Tensor) -> float
 
 def _save(net: nn.Module, path: Path, meta: dict) -> None:
     """Atomic safetensors write with JSON metadata."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in net.state_dict().items()}, tmp, metadata={"advlens": json.dumps(meta)})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    from .._io import atomic_write
+
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    atomic_write(path, lambda f: f.write(save(state, metadata={"advlens": json.dumps(meta)})))
 
 
 def _load(path: Path, data: str) -> ClassifierModel:
@@ -166,22 +165,40 @@ def _load(path: Path, data: str) -> ClassifierModel:
     from .weights import load_into, read_state_dict
 
     state = read_state_dict(path)
-    meta: dict = {}
-    if path.suffix == ".safetensors":
-        from safetensors import safe_open
+    if "fc.weight" not in state or state["fc.weight"].ndim != 2:
+        raise AdvlensError(f"weights {path} are not a small_vgg state dict (no 2-D 'fc.weight')")
+    classes = int(state["fc.weight"].shape[0])
+    meta = _read_meta(path) if path.suffix == ".safetensors" else {}
+    labels = meta.get("labels") or [str(i) for i in range(classes)]
+    size = meta.get("input_size", (32, 32))
+    if not (isinstance(labels, list) and len(labels) == classes and all(isinstance(x, str) for x in labels)):
+        raise AdvlensError(f"weights {path}: metadata 'labels' must list {classes} class names (str), "
+                           f"got {str(labels)[:80]}")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 4 for v in size)):
+        raise AdvlensError(f"weights {path}: metadata 'input_size' must be [H, W] (ints ≥ 4), got {str(size)[:80]}")
+    net = SmallVGG(classes)
+    load_into(net, state, str(path))
+    return _wrap(net, data, labels, tuple(size))
 
+
+def _read_meta(path: Path) -> dict:
+    """The ``advlens`` JSON metadata of one of our safetensors files (``{}`` when there is none)."""
+    from safetensors import safe_open
+
+    try:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {}).get("advlens", "{}"))
-    if "fc.weight" not in state:
-        raise AdvlensError(f"weights {path} are not a small_vgg state dict (no 'fc.weight')")
-    labels = meta.get("labels") or [str(i) for i in range(state["fc.weight"].shape[0])]
-    net = SmallVGG(len(labels))
-    load_into(net, state, str(path))
-    return _wrap(net, data, labels, tuple(meta.get("input_size", (32, 32))))
+    except Exception as e:  # SafetensorError, JSONDecodeError
+        raise AdvlensError(f"weights {path}: unreadable metadata ({type(e).__name__}: {first_line(e, 120)})") from None
+    if not isinstance(meta, dict):
+        raise AdvlensError(f"weights {path}: metadata 'advlens' must be a JSON object, got {type(meta).__name__}")
+    return meta
 
 
 def _builder(data: str):
     def build(weights: str | None = None, seed: int = 0) -> ClassifierModel:
+        seed = check_int(seed, "seed", 0)
         if weights == "random":
             from ..data import load_images
 

@@ -22,6 +22,7 @@ import torch
 
 from .. import metrics as M
 from .._checks import AdvlensError, unknown_name
+from .._rng import image_generators
 from ..attacks import attack
 from ..attacks.interpretation import BASES, INTERPRETERS
 from ..explain import explain
@@ -111,9 +112,11 @@ def _run(spec: InterpreterAttackSpec, settings: dict[str, Any], model, batch, sl
     if batch.y is not None:
         known = batch.y[sl].to(x.device) >= 0
         y[known] = batch.y[sl].to(x.device)[known]
-    gen = torch.Generator().manual_seed(spec.seed * 1_000_003 + i)
     c = len(model.labels)
-    t = ((y.cpu() + torch.randint(1, c, (n,), generator=gen)) % c).to(x.device) if settings["targeted"] else None
+    t = None
+    if settings["targeted"]:  # seed 004's y_t = (y + randint(1, C)) mod C, drawn per image (batch-independent)
+        shift = torch.stack([torch.randint(1, c, (), generator=g, device=x.device) for g in image_generators(x, spec.seed)])
+        t = (y + shift) % c
     interps, params = spec.explainers, settings["params"]
     ref = {g: _maps(model, x, g, t if (g == "rts" and t is not None) else y, params) for g in interps}
     base_cols = {"model": model.name, "data": entry["data"], "image": list(names), "label": y.cpu().numpy(),
@@ -125,7 +128,7 @@ def _run(spec: InterpreterAttackSpec, settings: dict[str, Any], model, batch, sl
             kw = _attack_kwargs(base, variant, params)
             if variant is not None:
                 kw["interpreter"] = attacked
-            res = attack(model, x, y, variant or base, seed=spec.seed + i, target=t, **kw)
+            res = attack(model, x, y, variant or base, seed=spec.seed, target=t, **kw)
             name = variant or "plain"
             common = {**base_cols, "base": base, "attack": name, "attacked": attacked,
                       "success": res.success.cpu().numpy(), "confidence": res.confidence.cpu().numpy(),

@@ -63,7 +63,7 @@ def plan(spec: LayerShiftSpec) -> list[Unit]:
 
     def run(model: ClassifierModel, batch: ImageBatch, i: int, sl: slice) -> dict[str, Any]:
         x, names = batch.x[sl].to(model.device), batch.names[sl]
-        seed = spec.seed + i
+        seed = spec.seed  # every draw is per image (advlens._rng): chunks need no seeds of their own
         clean, y = maps_in_batches(model, x, spec.explainers, spec.layers, spec.batch_size)  # explains y
         res = attack(model, x, y, method=spec.attack["method"], seed=seed, **params)
         target = y if spec.explain_target == "clean" else None

@@ -79,7 +79,7 @@ def _check_out(out: Path, spec: StudySpec) -> None:
 
     inputs = [p for e in entries(spec) for p in (e.get("data"), e.get("weights")) if isinstance(p, str)]
     check_not_inside(out, [*inputs, *([spec.weights] if spec.weights else [])], "--out")
-    if out.is_dir() and any(out.iterdir()) and not (out / "spec.json").exists():
+    if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not (out / "spec.json").exists():
         meta = read_manifest(out)
         what = f"holds the output of `advlens {meta.get('command')}`" if meta else "is not empty and not an advlens study folder"
         raise AdvlensError(f"--out {out} {what}; choose a new or empty folder for the study")

@@ -71,7 +71,7 @@ def _run(spec, params, model, batch, sl, i: int, entry) -> dict[str, Any]:
     inputs = {"clean": (x, pred0, torch.zeros_like(pred0, dtype=torch.bool))}
     extra: dict[str, np.ndarray] = {}
     for cond, method in _ATTACKS.items():
-        res = attack(model, x, y, method, seed=spec.seed + i, **params[method])
+        res = attack(model, x, y, method, seed=spec.seed, **params[method])
         inputs[cond] = (res.x_adv, res.pred, res.success)
         if method == "ifgsm":
             extra["fgsm_eps"] = res.extras["eps"].cpu().numpy()

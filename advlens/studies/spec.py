@@ -33,7 +33,7 @@ from typing_extensions import Required, TypedDict
 from .._checks import AdvlensError, unknown_name
 from ..models.wrapper import COMPILE_MODES
 
-__all__ = ["StudySpec", "load_spec", "register_study", "list_studies", "settings_for", "PRESETS", "STUDIES",
+__all__ = ["StudySpec", "load_spec", "register_study", "list_studies", "settings_for", "PRESETS",
            "ModelEntry", "Strengths", "Explainers", "Layers", "Metrics", "KindTables", "FitSize"]
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
