@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import warnings
 
 from ._checks import AdvlensError
 
@@ -383,6 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:  # --help (0) or a one-line usage error (2): a code, like every other outcome
         return e.code if isinstance(e.code, int) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"advlens: warning: {_printable(str(message))}\n"
     try:
         args.fn(args)
     except AdvlensError as e:

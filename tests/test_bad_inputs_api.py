@@ -399,3 +399,24 @@ def test_untampered_detector_still_loads(saved_detector: Path, digits_model) -> 
     det = al.detect.load(saved_detector, digits_model)
     assert isinstance(det, BehaviorDeviation) and det.copies == 2
     assert set(det.state) == {"mean", "components"}
+
+
+def test_a_jpeg_with_damaged_scan_data_that_still_decodes_is_reported(tmp_path: Path, chelsea_jpeg: bytes) -> None:
+    """Pillow steps over damaged scan data silently; libjpeg's own report is re-issued naming the file."""
+    import warnings
+
+    data = bytearray(chelsea_jpeg)
+    start = data.find(b"\xff\xda") + 200
+    del data[start:start + 64]  # a chunk cut out of the scan: decodes, with damaged blocks
+    (tmp_path / "cut.jpg").write_bytes(bytes(data))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        batch = load_images(tmp_path / "cut.jpg")
+    assert batch.x.shape[0] == 1
+    reports = [str(w.message) for w in caught if "JPEG decoder reports" in str(w.message)]
+    assert reports and "cut.jpg" in reports[0] and "Corrupt JPEG data" in reports[0], [str(w.message) for w in caught]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        (tmp_path / "ok.jpg").write_bytes(chelsea_jpeg)
+        load_images(tmp_path / "ok.jpg")
+    assert not [w for w in caught if "JPEG decoder" in str(w.message)]

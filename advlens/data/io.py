@@ -4,6 +4,8 @@ numpy appears only at the I/O boundary; everything after :func:`array_to_tensor`
 """
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -103,8 +105,9 @@ def read_image_file(path: str | Path) -> Tensor:
     The file must be a regular file (checked with ``stat`` before opening: a FIFO, a device or a socket is
     refused, never read). Warnings Pillow raises while decoding (a possible decompression bomb, corrupt EXIF…)
     are re-issued with the file's name. Pillow stops with an error on a truncated file or on scan data it
-    cannot decode, but it silences libjpeg's own warnings: a JPEG whose damaged scan data libjpeg can step
-    over decodes (with the damaged blocks) without any report.
+    cannot decode, but it silences libjpeg's own warnings; a JPEG whose damaged scan data libjpeg steps over
+    is therefore decoded once more by torchvision's libjpeg, and what it reports ("Corrupt JPEG data: …")
+    is re-issued as a warning naming the file (:func:`jpeg_decoder_messages`).
 
     Returns:
         float32 tensor ``[3, H, W]`` in [0, 1] (grey and palette images become RGB; alpha goes over white).
@@ -140,7 +143,48 @@ def read_image_file(path: str | Path) -> Tensor:
     for w in caught:
         category = w.category if issubclass(w.category, Warning) else UserWarning
         warnings.warn(f"image file '{path}': {first_line(w.message)}", category, stacklevel=2)
+    if path.suffix.lower() in (".jpg", ".jpeg", ".jpe", ".jfif"):
+        for message in jpeg_decoder_messages(path):
+            warnings.warn(f"image file '{path}': the JPEG decoder reports: {message}", UserWarning, stacklevel=2)
     return array_to_tensor(arr)
+
+
+def jpeg_decoder_messages(path: Path) -> list[str]:
+    """What libjpeg prints while decoding ``path`` (e.g. ``Corrupt JPEG data: premature end of data segment``).
+
+    libjpeg writes its warnings straight to file descriptor 2; they are caught by pointing it at a temp
+    file for the duration of one :func:`torchvision.io.decode_jpeg` (other text written there meanwhile is
+    passed back to stderr). Returns an empty list for a clean file.
+    """
+    import tempfile
+
+    import torchvision
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchvision 0.29's deprecation notice of its image codecs
+        try:
+            data = torchvision.io.read_file(str(path))
+        except (RuntimeError, AttributeError):  # unreadable now, or codecs gone from a later torchvision
+            return []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        os.dup2(capture.fileno(), 2)
+        try:
+            torchvision.io.decode_jpeg(data)
+        except RuntimeError:
+            pass  # Pillow decoded it; its own error, if any, was reported above
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        capture.seek(0)
+        lines = capture.read().decode(errors="replace").splitlines()
+    ours = [line.strip() for line in lines if "JPEG" in line or "jpeg" in line]
+    others = [line for line in lines if line.strip() and line.strip() not in ours]
+    if others:
+        print("\n".join(others), file=sys.stderr)
+    return list(dict.fromkeys(ours))
 
 
 def crop_box(height: int, width: int, size: tuple[int, int], scale: float = 1.0,
