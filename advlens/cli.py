@@ -409,7 +409,7 @@ def _printable(text: str) -> str:
 
 
 def _one_line(e: BaseException) -> str:
-    text = _printable(" ".join(str(e).split(" ")).replace("\n", " "))
+    text = _printable(" ".join(str(e).split()))  # newlines and other separators become single spaces
     return text if len(text) <= 400 else text[:397] + "..."
 
 

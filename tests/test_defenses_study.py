@@ -77,3 +77,45 @@ def test_defend_cli_bad_input(capsys, args, message, digits_model):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_table1_is_the_clean_set_plus_the_successful_adversarial_images():
+    """Seed 001 Table 1 by hand: clear+X_test = clean images ∪ successful adversarial images (2,000 + 940 in the
+    paper), not the mean of clean and attacked accuracy. 4 clean images, 3 of them correct; FGSM fools the clean
+    model on images 0, 1, 3."""
+    from advlens.studies.signatures import accuracy_table as signatures_table
+
+    img = ["a", "b", "c", "d"]
+    T, F = True, False
+
+    def rows(defense, kind, acc, attack, mode, correct, success):
+        return pd.DataFrame({"model": "m", "defense": defense, "kind": kind, "clean_accuracy": acc, "clean_images": 4,
+                             "image": img, "attack": attack, "mode": mode, "correct": correct, "adv_success": success})
+
+    res = pd.concat([
+        rows("none", "none", 0.75, "fgsm", "plain", [F, F, T, F], [T, T, F, T]),
+        rows("none", "none", 0.75, "onepixel", "plain", [F, T, T, T], [T, F, F, F]),
+        rows("squeeze(bits=3)", "squeeze", 0.5, "fgsm", "transfer", [T, T, T, T], [T, T, F, T]),
+        rows("imm", "retrain-fgsm", 1.0, "fgsm", "transfer", [T, F, T, T], [T, T, F, T]),
+        rows("imm", "retrain-fgsm", 1.0, "fgsm", "plain", [F, F, F, F], [T, T, T, T]),  # not Table 1's test set
+    ], ignore_index=True)
+    for r in (res, res.drop(columns=["adv_success", "clean_images"])):  # results written before the columns existed
+        t1 = table1(r).set_index("defense")
+        assert list(t1.index) == ["none", "imm"]
+        assert t1.loc["none", "clear_images"] == 4 and t1.loc["none", "fgsm_successful"] == 3
+        assert t1.loc["none", "clear+fgsm_test"] == pytest.approx(3 / 7)  # (3 + 0) / (4 + 3); the old mean gave 0.5
+        assert t1.loc["none", "OP_successful"] == 1 and t1.loc["none", "clear+OP_test"] == pytest.approx(3 / 5)
+        assert t1.loc["imm", "clear+fgsm_test"] == pytest.approx(6 / 7)  # (4 + 2 of a, b, d) / (4 + 3)
+        assert pd.isna(t1.loc["imm", "clear+OP_test"])
+    # the signatures study's 'Clear' columns, same definition (per-image rows of the clean model)
+    sig = pd.concat([
+        pd.DataFrame({"model": "m", "condition": "clean", "correct": [T, T, T, F], "success": F, "fgsm_eps": float("nan")}),
+        pd.DataFrame({"model": "m", "condition": "fgsm", "correct": [F, F, T, F], "success": [T, T, F, T],
+                      "fgsm_eps": [0.1, 0.2, float("nan"), 0.3]}),
+        pd.DataFrame({"model": "m", "condition": "one-pixel", "correct": [F, T, T, T], "success": [T, F, F, F],
+                      "fgsm_eps": float("nan")}),
+    ], ignore_index=True)
+    acc = signatures_table(sig).iloc[0]
+    assert acc.images == 4 and acc.clear_test == 0.75 and acc.fgsm_test == 0.25 and acc.fgsm_successful == 3
+    assert acc["clear+fgsm_test"] == pytest.approx(3 / 7) and acc["one-pixel_successful"] == 1
+    assert acc["clear+one-pixel_test"] == pytest.approx(3 / 5) and acc.median_fgsm_eps == pytest.approx(0.2)

@@ -7,12 +7,18 @@ import subprocess
 import sys
 import time
 
+from types import SimpleNamespace
+
 import pandas as pd
 import pytest
+import torch
 
 import advlens as al
 from advlens.cli import main
 from advlens.studies import layer_shift, mod_vid
+from advlens.studies._common import similarity_rows
+from advlens.studies.layer_shift import LayerShiftSpec
+from advlens.studies.mod_vid import ModVidSpec
 from advlens.studies.runner import run_study
 from advlens.studies.spec import PRESETS, STUDIES, load_spec
 
@@ -73,6 +79,7 @@ def test_layer_shift_study_end_to_end_and_report_from_results_alone(tmp_path, sp
     report = run_study(load_spec(spec_file), out, progress=False)
     res = pd.read_parquet(out / "results.parquet")
     assert len(res) == 10 * 3 * 2 * 2 * 6  # images x strengths x conditions x explainers x layers
+    assert res.attack_success.dtype == bool  # per image: which rows seed 000's figures count
     assert not res.duplicated(["image", "strength", "condition", "explainer", "layer"]).any()
     imgs = pd.read_parquet(out / "images.parquet")
     adv = imgs[imgs.condition == "adversarial"]
@@ -153,10 +160,10 @@ def test_compromise_rule_on_a_hand_made_table():
                 rows.append({"image": f"i{i}", "explainer": "gradcam", "strength": 1.0, "layer": layer,
                              "layer_index": int(layer[1]), "condition": cond, "cosine": v})
     table = pd.DataFrame(rows)
-    med = layer_shift.compromise_table(table, "median").set_index(["layer", "image"]).compromised
+    med = layer_shift.compromise_table(table, "median", count="all").set_index(["layer", "image"]).compromised
     assert med.to_dict() == {("L1", "i0"): False, ("L1", "i1"): True, ("L1", "i2"): True,
                              ("L2", "i0"): True, ("L2", "i1"): False, ("L2", "i2"): True}
-    mean = layer_shift.compromise_table(table, "mean").set_index(["layer", "image"]).compromised
+    mean = layer_shift.compromise_table(table, "mean", count="all").set_index(["layer", "image"]).compromised
     assert mean[("L2", "i0")] == bool(0.8 < 0.7) and mean[("L2", "i2")] == bool(0.6 < 0.7)
 
 
@@ -167,9 +174,85 @@ def test_mod_and_vid_on_a_hand_made_table():
         for k, v in enumerate(vals):
             rows.append({"model": "m", "source": "white-box", "explainer": "gradcam", "eps": eps,
                          "image": f"i{k // 2}", "layer": f"l{k % 2}", "nissim": v})
-    mod, vid = mod_vid.mod_vid_table(pd.DataFrame(rows))
+    mod, vid = mod_vid.mod_vid_table(pd.DataFrame(rows), mod_layers="all")  # images and layers (not the paper's)
     assert mod.set_index("eps").MOD.to_dict() == pytest.approx({0.01: 0.25, 0.1: 0.6})
     assert vid.VID.iloc[0] == pytest.approx(0.175)  # population std of (0.25, 0.6)
+
+
+def test_cosine_of_max_normalized_maps_on_a_toy_pair():
+    """Seed 000 eq. 5 on H / max H (§ III-C) = the cosine of the raw maps; min-max scaling changes it."""
+    a = torch.tensor([[[1.0, 2.0], [3.0, 4.0]]], dtype=torch.float64)
+    b = torch.tensor([[[4.0, 3.0], [2.0, 1.0]]], dtype=torch.float64)
+    # each value as a 6x6 block (NISSIM needs 11x11 maps): the cosines below are those of the 2x2 maps
+    a, b = (t.repeat_interleave(6, 1).repeat_interleave(6, 2) for t in (a, b))
+    clean, other = {"gradcam": {"L": a}}, {"gradcam": {"L": b}}
+    assert LayerShiftSpec().map_normalization == "max" and LayerShiftSpec().count == "successful"
+    metrics = ["cosine", "nissim"]
+    paper = similarity_rows(clean, other, ["i0"], metrics, layer_shift.minmax_metrics(metrics, "max"))
+    # raw: (4 + 6 + 6 + 4) / 30 = 2/3, the same for a / max a and b / max b
+    assert paper.cosine.iloc[0] == pytest.approx(2 / 3, abs=1e-12)
+    assert al.metrics.cosine(a / a.max(), b / b.max()).item() == pytest.approx(2 / 3, abs=1e-12)
+    old = similarity_rows(clean, other, ["i0"], metrics, layer_shift.minmax_metrics(metrics, "minmax"))
+    # min-max: (0, 1/3, 2/3, 1) . (1, 2/3, 1/3, 0) = 4/9 over |.|^2 = 14/9 -> 2/7
+    assert old.cosine.iloc[0] == pytest.approx(2 / 7, abs=1e-12)
+    # NISSIM (seed 003 eq. 1) takes min-max scaled maps under both settings: unchanged
+    lo_a, lo_b = (a - 1) / 3, (b - 1) / 3
+    assert paper.nissim.iloc[0] == old.nissim.iloc[0] == pytest.approx(al.metrics.nissim(lo_a, lo_b).item())
+    assert layer_shift.minmax_metrics(["cosine", "ssim", "iou"], "max") == ["ssim", "iou"]
+
+
+def test_compromise_counts_successful_attacks_only_on_a_hand_made_table():
+    """Seed 000 § IV-E: Figs. 6-7 count adversarial examples only; i3's attack failed."""
+    rows = []
+    noise, adv = [0.9, 0.8, 0.7, 0.1], [0.85, 0.75, 0.5, 0.2]
+    for i in range(4):
+        for cond, v in (("noise", noise[i]), ("adversarial", adv[i])):
+            rows.append({"image": f"i{i}", "explainer": "gradcam", "strength": 1.0, "layer": "L1",
+                         "layer_index": 0, "condition": cond, "cosine": v, "attack_success": i < 3})
+    table = pd.DataFrame(rows)
+    # successful: threshold median(0.9, 0.8, 0.7) = 0.8 -> i1 (0.75) and i2 (0.5) compromised: 2 of 3
+    paper = layer_shift.compromise_table(table, "median")
+    assert paper.set_index("image").compromised.to_dict() == {"i0": False, "i1": True, "i2": True}
+    assert paper.threshold.iloc[0] == pytest.approx(0.8)
+    p = layer_shift.compromise_probability(paper).iloc[0]
+    assert p.compromise_probability == pytest.approx(2 / 3) and p.images == 3
+    # all: threshold median(0.9, 0.8, 0.7, 0.1) = 0.75 -> i2, i3 compromised (0.75 < 0.75 is False): 2 of 4
+    every = layer_shift.compromise_table(table, "median", count="all")
+    assert every.set_index("image").compromised.to_dict() == {"i0": False, "i1": False, "i2": True, "i3": True}
+    p = layer_shift.compromise_probability(every).iloc[0]
+    assert p.compromise_probability == pytest.approx(0.5) and p.images == 4
+    with pytest.raises(al.AdvlensError, match="attack_success"):
+        layer_shift.compromise_table(table.drop(columns="attack_success"))
+
+
+def test_mod_at_the_last_conv_layer_on_a_hand_made_table():
+    """Seed 003 eq. 2: one map per image at the last conv layer (l1); per-layer MOD kept apart; VID (eqs. 3-4)."""
+    values = {0.01: {"l0": [0.1, 0.3], "l1": [0.2, 0.4]}, 0.1: {"l0": [0.5, 0.7], "l1": [0.6, 1.0]}}
+    rows = [{"model": "m", "source": "white-box", "explainer": "gradcam", "eps": eps, "image": f"i{k}",
+             "layer": layer, "layer_index": int(layer[1]), "mod_layer": "l1", "nissim": v}
+            for eps, per in values.items() for layer, vals in per.items() for k, v in enumerate(vals)]
+    table = pd.DataFrame(rows)
+    mod, vid = mod_vid.mod_vid_table(table)
+    assert mod.set_index("eps").MOD.to_dict() == pytest.approx({0.01: 0.3, 0.1: 0.8})
+    assert set(mod.layer) == {"l1"} and set(mod.images) == {2}
+    assert vid.VID.iloc[0] == pytest.approx(0.25)  # population std of (0.3, 0.8)
+    mod_all, vid_all = mod_vid.mod_vid_table(table, "all")
+    assert mod_all.set_index("eps").MOD.to_dict() == pytest.approx({0.01: 0.25, 0.1: 0.7})
+    assert vid_all.VID.iloc[0] == pytest.approx(0.225)
+    per = mod_vid.mod_per_layer_table(table).set_index(["eps", "layer"]).MOD
+    assert per.to_dict() == pytest.approx({(0.01, "l0"): 0.2, (0.01, "l1"): 0.3, (0.1, "l0"): 0.6, (0.1, "l1"): 0.8})
+    # results without 'mod_layer' (before issue 16): the deepest computed layer
+    old, _ = mod_vid.mod_vid_table(table.drop(columns="mod_layer"))
+    assert old.set_index("eps").MOD.to_dict() == pytest.approx({0.01: 0.3, 0.1: 0.8})
+    assert ModVidSpec.model_fields["mod_layers"].default == "last"
+
+
+def test_paper_layer_is_the_cam_layer_or_the_last_layer():
+    model = SimpleNamespace(cam_layer="c3", layers={"c1": 0, "c2": 0, "c3": 0})
+    assert mod_vid.paper_layer(model, ["c1", "c2", "c3"]) == "c3"
+    assert mod_vid.paper_layer(model, ["c2", "c1"]) == "c2"  # not computed: the deepest computed one
+    assert mod_vid.paper_layer(SimpleNamespace(cam_layer=None, layers={"a": 0, "b": 0}), ["a", "b"]) == "b"
+    assert mod_vid.paper_layer(model, ["input"]) == "input"
 
 
 def test_mod_vid_study_runs_white_box_and_transfer(tmp_path, digits_model):
@@ -180,6 +263,7 @@ def test_mod_vid_study_runs_white_box_and_transfer(tmp_path, digits_model):
     res = pd.read_parquet(tmp_path / "mv" / "results.parquet")
     assert set(res.source) == {"white-box", "transfer from small_vgg_digits seed 0"}
     assert len(res) == 2 * 4 * 4 * 6  # sources x eps x images x layers
+    assert (res.mod_layer == res.sort_values("layer_index").layer.iloc[-1]).all()  # the CAM (last conv) layer
     # a surrogate identical to the model transfers exactly its white-box attack
     wb = res[res.source == "white-box"].nissim.to_numpy()
     tr = res[res.source != "white-box"].nissim.to_numpy()

@@ -9,9 +9,10 @@ from . import (  # noqa: F401  (register the attacks)
     stadv as _stadv,
 )
 from .base import AttackResult, attack, list_attacks, objective_grad, project_linf, register_attack
+from .interpretation import edge_map
 from .noise import matched_noise, scale_perturbation
 
 __all__ = [
-    "AttackResult", "attack", "list_attacks", "matched_noise", "objective_grad", "project_linf",
+    "AttackResult", "attack", "edge_map", "list_attacks", "matched_noise", "objective_grad", "project_linf",
     "register_attack", "scale_perturbation",
 ]

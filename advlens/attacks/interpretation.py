@@ -6,9 +6,11 @@ attack — PGD (eq. 8), C&W-L2 (eq. 9) or StAdv (eq. 10) — with
 * ``ℓ_int = mean_ij (g(x̂) − m_t)²`` over [0,1]-normalized maps (REFERENCE.md: the code's mean
   squared difference), ``m_t`` the benign map ``g(x)`` of the true class by default;
 * ADV² (Zhang et al.): the perturbation is unweighted;
-* AdvEdge: the step / perturbation / flow is weighted per pixel by ``N_w = E(x)``, the Sobel edge
-  magnitude of the clean image averaged over channels (kornia);
-* AdvEdge⁺: ``N_w = 1[E(x) > φ]`` with ``φ = 0.1`` (0.05 suits RTS, REFERENCE.md).
+* AdvEdge: the step / perturbation / flow is weighted per pixel by ``N_w = E(x)`` (seed 004,
+  Sec. IV-B, eqs. 8–10 with ``N_w = E(x)``), ``E`` = :func:`edge_map`, the authors' Sobel edge map:
+  ``skimage.filters.sobel`` of the channel-mean clean image, in [0, 1] for images in [0, 1];
+* AdvEdge⁺: ``N_w = 1[E(x) > φ]`` with ``φ = 0.1`` on that [0, 1] scale (seed 004, Sec. IV-B,
+  "the threshold φ is adjusted to 0.1"; 0.05 suits RTS, REFERENCE.md).
 
 The interpreter ``g`` is one of ``grad`` (smoothed-ReLU gradient, Sec. IV-C), ``cam`` (Sec. IV-D),
 ``gradcam``/``layercam`` (same category), ``rts`` (Sec. IV-E, a trained masking model) or ``mask``
@@ -26,14 +28,14 @@ import time
 from typing import Any
 
 import torch
-from kornia.filters import sobel
+from torch.nn import functional as F
 
 from .._checks import AdvlensError, check_int, check_number, unknown_name
 from ..explain.api import explain, normalize_maps
 from ..models.wrapper import ClassifierModel
 from .base import _REGISTRY, AttackResult, register_attack
 
-__all__ = ["edge_weights", "interpretation_attack", "INTERPRETERS", "BASES"]
+__all__ = ["edge_map", "edge_weights", "interpretation_attack", "INTERPRETERS", "BASES"]
 
 #: interpreters an attack can target; "grad", "cam", "mask", "rts" are seed 004's four.
 INTERPRETERS = ("grad", "cam", "gradcam", "layercam", "rts", "mask")
@@ -44,17 +46,48 @@ BASES = ("pgd", "cw", "stadv")
 _DEFAULT_LAM = {"pgd": 10.0, "cw": 10.0, "stadv": 10.0}
 
 
+def edge_map(x: torch.Tensor) -> torch.Tensor:
+    """Seed 004's edge map ``E(x)`` (Sec. IV-B, the weights of eqs. 8–10): the Sobel magnitude of the
+    channel-mean image, exactly as the authors compute it with ``skimage.filters.sobel`` (REFERENCE.md).
+
+    With ``g`` the channel mean, ``s = [1/4, 1/2, 1/4]`` (smoothing) and ``d = [1, 0, −1]`` (difference),
+    ``g_h = g ⋆ (d ⊗ s)`` and ``g_v = g ⋆ (s ⊗ d)`` (derivatives along H and along W), and
+    ``E = sqrt((g_h² + g_v²) / 2)`` — skimage's normalization (``sqrt(Σ_axes ĝ²) / sqrt(ndim)``). The border
+    is scipy.ndimage's ``mode="reflect"`` (half-sample symmetric: ``a | a b c``), which for a 3-tap kernel
+    is edge replication; the border pixels are computed, not zeroed (scikit-image ≥ 0.19; older releases,
+    with ``mask=None``, set the one-pixel frame to 0). Equal to
+    ``skimage.filters.sobel(x[n].mean(0))`` to ~1e-7 (float32) / 1e-15 (float64); torch ops on ``x``'s
+    device and dtype.
+
+    Args:
+        x: ``[N,C,H,W]`` images (seed 004: ``C = 3``, in [0, 1]).
+
+    Returns:
+        ``[N,1,H,W]`` edge magnitudes, in [0, 1] for images in [0, 1] (a unit step gives ``1/√2``).
+    """
+    if x.ndim != 4:
+        raise AdvlensError(f"edge_map: expected images [N,C,H,W], got shape {tuple(x.shape)}")
+    g = F.pad(x.mean(dim=1, keepdim=True), (1, 1, 1, 1), mode="replicate")
+    s = torch.tensor([0.25, 0.5, 0.25], dtype=x.dtype, device=x.device)
+    d = torch.tensor([1.0, 0.0, -1.0], dtype=x.dtype, device=x.device)
+    kernels = torch.stack([torch.outer(d, s), torch.outer(s, d)])[:, None]  # [2,1,3,3]: along H, along W
+    grad = F.conv2d(g, kernels)  # cross-correlation: the sign flip against ndi.convolve squares away
+    return (grad.square().sum(dim=1, keepdim=True) / 2).sqrt()
+
+
 def edge_weights(x: torch.Tensor, phi: float | None = None) -> torch.Tensor:
-    """Edge weights ``N_w`` of seed 004: Sobel magnitude of ``x`` averaged over channels.
+    """Edge weights ``N_w`` of seed 004 (Sec. IV-B): AdvEdge's ``E(x)``, AdvEdge⁺'s ``1[E(x) > φ]``.
 
     Args:
         x: ``[N,3,H,W]`` clean images in [0,1].
-        phi: None for AdvEdge (the magnitudes themselves), a threshold for AdvEdge⁺ (``1[E > φ]``).
+        phi: None for AdvEdge (the magnitudes themselves), a threshold for AdvEdge⁺ (``1[E > φ]``,
+            the paper's ``φ = 0.1``), on the [0, 1] scale of :func:`edge_map`.
 
     Returns:
-        ``[N,1,H,W]`` weights (kornia's normalized Sobel, so in [0, ~1.4]).
+        ``[N,1,H,W]`` weights: :func:`edge_map` (skimage's Sobel of the channel mean, in [0, 1]) or
+        its binarization.
     """
-    e = sobel(x, eps=0.0).mean(dim=1, keepdim=True)
+    e = edge_map(x)
     return e if phi is None else (e > phi).to(x.dtype)
 
 

@@ -38,7 +38,9 @@ def mod(nissim_values: torch.Tensor, dim: int = 0) -> torch.Tensor:
 
     the mean NISSIM between the clean and adversarial maps over the :math:`N` images attacked at one
     strength :math:`\epsilon`. 0 = the maps did not move; 1 = total dissimilarity. The paper averages over
-    images; to average over images and layers of one strength, pass the values flattened (``x.flatten()``).
+    images, one Grad-CAM map per image at the last convolutional layer (seed 003 § 4.4); ``[N, L]`` input
+    gives one MOD per layer (an extension); averaging over images and layers (``x.flatten()``) is not the
+    paper's MOD.
 
     Args:
         nissim_values: NISSIM values (:func:`advlens.metrics.nissim`), images along ``dim``.
@@ -150,7 +152,8 @@ def compromised(d_adv: torch.Tensor, d_noise_ref: torch.Tensor, rule: str = "med
     Grad-CAM map to the clean image's map falls below the layer's threshold :math:`t_l`
     (:func:`compromise_threshold`): the layer deviates more than it does, typically, under Gaussian noise of
     the same strength. The comparison is strict. Row sums give the number of compromised layers per image
-    (seed 000, Fig. 7), column means the compromise probability per layer (Fig. 6).
+    (seed 000, Fig. 7), column means the compromise probability per layer (Fig. 6). The paper counts
+    adversarial examples only (§ IV-E): pass the rows of images whose attack succeeded.
 
     Args:
         d_adv: adversarial similarities :math:`D_a`, images x layers.

@@ -11,6 +11,7 @@ from .. import metrics as M
 from .._checks import AdvlensError
 from ..data import ImageBatch, load_images
 from ..explain import explain_many
+from ..explain.api import normalize_maps
 from ..models import ClassifierModel, load_model
 
 __all__ = ["load_entry", "maps_in_batches", "similarity_rows", "SIMILARITIES", "chunks", "entries", "safe_name",
@@ -91,14 +92,16 @@ def chunks(n: int, size: int) -> list[slice]:
 
 
 def maps_in_batches(model: ClassifierModel, x: torch.Tensor, methods: Sequence[str], layers, batch_size: int,
-                    target: torch.Tensor | None = None) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]:
+                    target: torch.Tensor | None = None, normalize: bool = True,
+                    ) -> tuple[dict[str, dict[str, torch.Tensor]], torch.Tensor]:
     """``explain_many`` over batches of ``x``: ``({method: {layer: [N,H,W]}}, predictions [N])``.
 
     The predictions come from the same forward as the maps. ``target`` ``[N]``: the classes to
-    explain (None = each input's predicted class).
+    explain (None = each input's predicted class). ``normalize``: min–max normalize each map
+    (:func:`~advlens.explain.api.normalize_maps`); False keeps the raw (upsampled) maps.
     """
     parts = [explain_many(model, x[s], methods, layers=layers, target=None if target is None else target[s],
-                          return_logits=True) for s in chunks(len(x), batch_size)]
+                          return_logits=True, normalize=normalize) for s in chunks(len(x), batch_size)]
     maps = {m: {n: torch.cat([p[0][m][n] for p in parts]) for n in parts[0][0][m]} for m in parts[0][0]}
     return maps, torch.cat([p[1].argmax(1) for p in parts])
 
@@ -108,16 +111,24 @@ def similarity_rows(
     other: dict[str, dict[str, torch.Tensor]],
     names: Sequence[str],
     metric_names: Sequence[str],
+    minmax: Sequence[str] = (),
     **columns: Any,
 ) -> pd.DataFrame:
     """One row per image × explainer × layer with each metric of (clean map, other map).
 
+    ``minmax``: the metrics whose two maps are min–max normalized first
+    (:func:`~advlens.explain.api.normalize_maps`, per map); the others take the maps as given. Pass
+    raw maps (``maps_in_batches(..., normalize=False)``) with it: min–max normalizing the raw
+    upsampled maps gives exactly the maps ``explain`` returns with ``normalize=True``.
     ``columns`` are constant columns (strength, condition, …) added to every row.
     """
     parts = []
     for method, layers in clean.items():
         for index, (layer, ref) in enumerate(layers.items()):
-            values = {m: SIMILARITIES[m](ref, other[method][layer]).detach().cpu().numpy() for m in metric_names}
+            pair = (ref, other[method][layer])
+            scaled = tuple(normalize_maps(m) for m in pair) if any(m in minmax for m in metric_names) else pair
+            values = {m: SIMILARITIES[m](*(scaled if m in minmax else pair)).detach().cpu().numpy()
+                      for m in metric_names}
             parts.append(pd.DataFrame({"image": list(names), **columns, "explainer": method, "layer": layer,
                                        "layer_index": index, **values}))
     return pd.concat(parts, ignore_index=True)

@@ -2,9 +2,11 @@
 Grad-CAM, Grad-CAM++ and LayerCAM at every layer, against matched Gaussian noise (seed 000).
 
 For each image, attack and layer it records how similar the explanation of the adversarial
-image is to the clean one (cosine, seed 000 eq. 6; NISSIM, seed 003 eq. 1), and the same for
-Gaussian noise with the perturbation's mean and standard deviation. A layer is *compromised*
-for an image when the adversarial similarity falls below the layer's median noise similarity.
+image is to the clean one (cosine of the maps H / max H, i.e. of the raw maps, seed 000 eqs. 5–6;
+NISSIM of min–max scaled maps, seed 003 eq. 1), and the same for Gaussian noise with the
+perturbation's mean and standard deviation. A layer is *compromised* for an image when the
+adversarial similarity falls below the layer's median noise similarity; compromise probabilities
+count the images whose attack succeeded (seed 000 § IV-E).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from ..attacks import attack, matched_noise
 from ..data import load_images
 from ..models import load_model
 from ..report import Section, bar_plot, layer_shift_plot, map_grid, write_report
+from ..explain.api import normalize_maps
 from ._common import maps_in_batches, similarity_rows
 from .layer_shift import compromise_table
 
@@ -84,9 +87,10 @@ def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True, overwrite:
         bar.update()
 
     bar.set_postfix_str("explain")
-    maps, preds = {}, {}
+    raw, maps, preds = {}, {}, {}
     for cond, imgs in images.items():  # the predictions come from the same forward as the maps
-        maps[cond], preds[cond] = maps_in_batches(model, imgs, cfg.methods, "all", cfg.batch_size)
+        raw[cond], preds[cond] = maps_in_batches(model, imgs, cfg.methods, "all", cfg.batch_size, normalize=False)
+        maps[cond] = {m: {n: normalize_maps(t) for n, t in per.items()} for m, per in raw[cond].items()}
     labels = pd.Series(model.labels)
     attacks_df = pd.concat([pd.DataFrame({
         "image": batch.names, "attack": name, "clean_pred": labels[y.cpu().numpy()].to_numpy(),
@@ -99,8 +103,10 @@ def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True, overwrite:
     bar.update()
 
     bar.set_postfix_str("metrics")
+    # cosine of the raw maps (= of H / max H, seed 000 eq. 5), NISSIM of min-max scaled maps (seed 003 eq. 1)
     results = pd.concat([
-        similarity_rows(maps["clean"], maps[cond], batch.names, ("cosine", "nissim"), attack=a, condition=kind)
+        similarity_rows(raw["clean"], raw[cond], batch.names, ("cosine", "nissim"), ("nissim",), attack=a,
+                        condition=kind, attack_success=results_by_attack[a].success.cpu().numpy())
         for a in cfg.attacks for kind, cond in (("adversarial", a), ("noise", f"{a} noise"))
     ], ignore_index=True)
     compromised = _compromised(results)
@@ -123,10 +129,11 @@ def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True, overwrite:
 
 
 def _compromised(results: pd.DataFrame) -> pd.DataFrame:
-    """Per attack × explainer × layer: fraction of images whose layer is compromised (seed 000 rule)."""
+    """Per attack × explainer × layer: fraction of the images whose attack succeeded that compromise the
+    layer (seed 000 rule, § IV-E), and ``images``, how many were counted."""
     table = compromise_table(results, "median", by=("attack", "explainer"))
-    return (table.groupby(["attack", "explainer", "layer_index", "layer"]).compromised.mean()
-            .rename("compromise_probability").reset_index())
+    return (table.groupby(["attack", "explainer", "layer_index", "layer"])
+            .agg(compromise_probability=("compromised", "mean"), images=("image", "nunique")).reset_index())
 
 
 def _figures(folder: Path, model, images, maps, results, attacks_df, cfg) -> dict[str, list[Path]]:
@@ -173,8 +180,9 @@ def _report(folder: Path, figs, results, attacks_df, compromised, spec) -> Path:
         Section("Maps at several depths", "Rows: clean, adversarial and matched-noise images; columns: layers.",
                 figs["grids"]),
         Section("Compromised layers",
-                "Fraction of images whose adversarial similarity falls below the layer's median noise "
-                "similarity (seed 000); the three most compromised layers per attack and method.", [], [top]),
+                "Fraction of the adversarial examples (images whose attack succeeded; 'images' counts them) "
+                "whose adversarial similarity falls below the layer's median noise similarity (seed 000); the "
+                "three most compromised layers per attack and method.", [], [top]),
     ]
     params = {k: v for k, v in spec.items() if k not in ("versions", "image_names")}
     return write_report(folder / "report.html", "advlens demo", sections, params, spec["versions"])

@@ -2,10 +2,16 @@
 
 For each architecture and eps: white-box FGSM (the model's own gradient) and black-box FGSM
 transferred from a surrogate model; NISSIM = (1 − SSIM)/2 between the clean and attacked
-Grad-CAM of every layer (seed 003 eq. 1); MOD = mean NISSIM over images and layers for one eps
-(eq. 2); VID = standard deviation of MOD across the eps values (eqs. 3–4, population form,
-eps = 0 excluded); accuracy and PSNR per eps (seed 003 Tables 1–2, Fig. 3). SSIM: Gaussian
-window 11, σ 1.5, C1 = 0.01², C2 = 0.03², valid region (as skimage).
+Grad-CAM of every layer (seed 003 eq. 1); MOD = mean NISSIM over the N images of the adversarial
+set of one eps (eq. 2), one map per image at the paper's layer, the last convolutional layer
+(§ 4.4: the Grad-CAM "raw heatmap" of Fig. 5; here ``model.cam_layer``, the layer feeding global
+pooling, else the model's last explainable layer) — ``mod_layers = "last"``; ``"all"`` averages
+over images and every explained layer (the study's MOD before issue 16). MOD per layer is kept as
+its own table (our extension). VID = standard deviation of MOD across the eps values (eqs. 3–4,
+population form, eps = 0 excluded), from the MOD that ``mod_layers`` picks; accuracy and PSNR per
+eps (seed 003 Tables 1–2, Fig. 3). SSIM: Gaussian window 11, σ 1.5, C1 = 0.01², C2 = 0.03², valid
+region (as skimage), on min–max scaled maps in [0, 1] (the paper names no scaling; the constants
+assume that range).
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ from ._common import chunks, load_entry, maps_in_batches, safe_name, similarity_
 from .runner import Unit
 from .spec import Explainers, Layers, Metrics, ModelEntry, Strengths, StudySpec, register_study
 
-__all__ = ["ModVidSpec", "plan", "report", "mod_vid_table"]
+__all__ = ["ModVidSpec", "plan", "report", "mod_vid_table", "mod_per_layer_table", "paper_layer"]
 
 
 class ModVidSpec(StudySpec):
@@ -36,6 +42,9 @@ class ModVidSpec(StudySpec):
         models: one entry per architecture (at least one), each optionally with a ``surrogate``.
         strengths: the FGSM eps values (seed 003: 0.01 … 0.1).
         explainers, layers, metrics: what is computed and compared at every layer (NISSIM always).
+        mod_layers: the maps MOD averages over the images: ``last`` (one map per image at the last
+            convolutional layer, seed 003 eq. 2 and § 4.4, paper) or ``all`` (every explained layer,
+            before issue 16); VID (eqs. 3–4) is computed from that MOD.
     """
 
     study: Literal["mod_vid"] = "mod_vid"
@@ -44,6 +53,22 @@ class ModVidSpec(StudySpec):
     explainers: Explainers
     layers: Layers
     metrics: Metrics
+    mod_layers: Literal["last", "all"] = "last"
+
+
+def paper_layer(model, computed: list[str]) -> str:
+    """The layer of seed 003's MOD among the ``computed`` layers of one explainer (in any order).
+
+    The last convolutional layer (seed 003 § 4.4): ``model.cam_layer`` (the layer feeding global
+    pooling), else the model's last explainable layer; when that one was not computed (``layers``
+    restricted), the deepest computed layer; ``input`` for input-pixel explainers.
+    """
+    want = model.cam_layer or list(model.layers)[-1]
+    if want in computed:
+        return want
+    order = list(model.layers)
+    known = [n for n in computed if n in order]
+    return max(known, key=order.index) if known else computed[-1]
 
 
 register_study("mod_vid", ModVidSpec)
@@ -74,6 +99,7 @@ def plan(spec: ModVidSpec) -> list[Unit]:
 def _run(spec, model, surrogate, batch, sl, i, entry, metric_names) -> dict[str, Any]:
     x, names = batch.x[sl].to(model.device), batch.names[sl]
     clean, pred0 = maps_in_batches(model, x, spec.explainers, spec.layers, spec.batch_size)
+    mod_layer = {m: paper_layer(model, list(layers)) for m, layers in clean.items()}  # seed 003 § 4.4
     y = pred0.clone()
     if batch.y is not None:  # true labels where the data set has them (seed 003 measures accuracy)
         known = batch.y[sl].to(x.device) >= 0
@@ -90,7 +116,8 @@ def _run(spec, model, surrogate, batch, sl, i, entry, metric_names) -> dict[str,
         for eps in spec.strengths:
             xe = (x + eps * d).clamp(0, 1)
             maps, pred = maps_in_batches(model, xe, spec.explainers, spec.layers, spec.batch_size)
-            rows.append(similarity_rows(clean, maps, names, metric_names, **base, source=source, eps=eps))
+            r = similarity_rows(clean, maps, names, metric_names, **base, source=source, eps=eps)
+            rows.append(r.assign(mod_layer=r.explainer.map(mod_layer)))
             imgs.append(pd.DataFrame({**base, "image": names, "source": source, "eps": eps, "label": y.cpu().numpy(),
                                       "pred": pred.cpu().numpy(), "correct": (pred == y).cpu().numpy(),
                                       "psnr": M.psnr(x, xe).cpu().numpy()}))
@@ -108,31 +135,72 @@ def _run(spec, model, surrogate, batch, sl, i, entry, metric_names) -> dict[str,
     return out
 
 
-def mod_vid_table(results: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """MOD per model × source × explainer × eps (mean NISSIM over images and layers, seed 003 eq. 2)
-    and VID per model × source × explainer (population std of MOD across eps, eqs. 3–4)."""
+def _mod_rows(results: pd.DataFrame, mod_layers: str) -> pd.DataFrame:
+    """The NISSIM rows MOD averages: ``last`` = the ``mod_layer`` of each row (see :func:`paper_layer`),
+    ``all`` = every row."""
+    if mod_layers == "all":
+        return results
+    if mod_layers != "last":
+        raise AdvlensError(f"mod_layers must be 'last' or 'all', got {mod_layers!r}")
+    if "mod_layer" in results:
+        return results[results.layer == results.mod_layer]
+    if "layer_index" not in results:
+        raise AdvlensError("results need a 'mod_layer' or 'layer_index' column to pick the last layer")
+    # results written before issue 16: the last computed layer of each model × explainer
+    last = results.groupby(["model", "explainer"]).layer_index.transform("max")
+    return results[results.layer_index == last]
+
+
+def mod_vid_table(results: pd.DataFrame, mod_layers: str = "last") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """MOD per model × source × explainer × eps and VID per model × source × explainer (seed 003).
+
+    MOD (eq. 2) = mean NISSIM over the images of the adversarial set of one eps, one map per image at
+    the last convolutional layer (``mod_layers="last"``, § 4.4; column ``layer``), or over images and
+    every layer (``"all"``; ``layer`` = ``"all"``); ``images`` = how many images were averaged.
+    VID (eqs. 3–4) = population standard deviation of that MOD across eps.
+    """
     keys = ["model", "source", "explainer"]
-    mod = results.groupby([*keys, "eps"]).nissim.mean().rename("MOD").reset_index()
+    rows = _mod_rows(results, mod_layers)
+    if mod_layers == "all":
+        rows = rows.assign(layer="all")
+    mod = (rows.groupby([*keys, "eps"]).agg(MOD=("nissim", "mean"), layer=("layer", "first"),
+                                            images=("image", "nunique")).reset_index())
     vid = (mod.groupby(keys).MOD.apply(lambda s: float(M.vid(torch.tensor(s.to_numpy())))).rename("VID")
            .reset_index())
     return mod, vid
+
+
+def mod_per_layer_table(results: pd.DataFrame) -> pd.DataFrame:
+    """MOD of every layer (our extension of seed 003 eq. 2): per model × source × explainer × eps ×
+    layer, the mean NISSIM over the images, and ``images``, how many."""
+    keys = ["model", "source", "explainer", "eps", "layer"]
+    extra = ["layer_index"] if "layer_index" in results else []
+    return (results.groupby([*keys, *extra]).agg(MOD=("nissim", "mean"), images=("image", "nunique"))
+            .reset_index())
 
 
 def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str, torch.Tensor]) -> Path:
     spec = meta["spec"]
     res, imgs = tables["results"], tables["images"]
     figs = out / "figures"
-    mod, vid = mod_vid_table(res)
-    wide = mod.pivot_table(index=["model", "source", "explainer"], columns="eps", values="MOD").reset_index()
-    wide = wide.merge(vid, on=["model", "source", "explainer"])
+    mod_layers = spec.get("mod_layers", "all")  # spec.json written before issue 16: MOD over all layers
+    mod, vid = mod_vid_table(res, mod_layers)
+    keys = ["model", "source", "explainer"]
+    wide = mod.pivot_table(index=keys, columns="eps", values="MOD").reset_index()
+    wide = (mod.groupby(keys).agg(layer=("layer", "first"), images=("images", "max")).reset_index()
+            .merge(wide, on=keys).merge(vid, on=keys))
+    per_layer = mod_per_layer_table(res)
+    per_layer_wide = (per_layer.pivot_table(index=[*keys, "layer_index", "layer"] if "layer_index" in per_layer
+                                            else [*keys, "layer"], columns="eps", values="MOD").reset_index())
     acc = imgs.groupby(["model", "source", "eps"]).agg(accuracy=("correct", "mean"), psnr_db=("psnr", "mean"),
                                                        images=("image", "count")).reset_index()
-    per_image = (res.groupby(["model", "source", "explainer", "eps", "image"]).nissim.mean().reset_index()
+    per_image = (_mod_rows(res, mod_layers).groupby([*keys, "eps", "image"]).nissim.mean().reset_index()
                  .assign(curve=lambda d: d.model + " · " + d.source, eps=lambda d: d.eps.map(lambda e: f"{e:g}")))
     eps_order = [f"{e:g}" for e in sorted(res.eps.unique())]
+    where = "last convolutional layer" if mod_layers == "last" else "mean over layers"
     f_mod = layer_shift_plot(figs / "mod_vs_eps.png", per_image, x="eps", y="nissim", hue="curve",
-                             layer_order=eps_order, title="MOD (mean NISSIM over layers) vs FGSM eps",
-                             ylabel="NISSIM (mean over layers)", xlabel="FGSM eps")
+                             layer_order=eps_order, title=f"MOD (NISSIM, {where}) vs FGSM eps",
+                             ylabel=f"NISSIM ({where})", xlabel="FGSM eps")
     acc_plot = acc[acc.source != "clean"].assign(curve=lambda d: d.model + " · " + d.source,
                                                  eps=lambda d: d.eps.map(lambda e: f"{e:g}"))
     f_acc = layer_shift_plot(figs / "accuracy_vs_eps.png", acc_plot, x="eps", y="accuracy", hue="curve",
@@ -144,9 +212,14 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
             figs / f"nissim_layers_{safe_name(model_name)}.png", r.assign(eps=r.eps.map(lambda e: f"eps {e:g}")),
             x="layer", y="nissim", hue="eps", layer_order=order, title=f"{model_name}: NISSIM per layer (white-box)"))
     sections = [
-        Section("MOD and VID", "MOD: mean NISSIM between clean and attacked Grad-CAM over images and layers, per "
-                "eps (seed 003 eq. 2); VID: standard deviation of MOD across eps (eqs. 3–4). Lower = more stable.",
-                [f_mod], [wide]),
+        Section("MOD and VID", (
+            "MOD: mean NISSIM between clean and attacked Grad-CAM over the images of each eps (seed 003 eq. 2), "
+            + ("one map per image at the last convolutional layer (§ 4.4; column 'layer')"
+               if mod_layers == "last" else "and over every explained layer (mod_layers = 'all', not the paper's)")
+            + "; 'images' = images averaged. VID: standard deviation of MOD across eps (eqs. 3–4). "
+              "Lower = more stable."), [f_mod], [wide]),
+        Section("MOD per layer", "Our extension of seed 003 eq. 2: the mean NISSIM over the images at each "
+                "layer, per eps.", [], [per_layer_wide]),
         Section("Accuracy and PSNR per eps", "Seed 003 Tables 1–2 and Fig. 3, measured here.", [f_acc], [acc]),
         Section("NISSIM per layer", "Where in the network the Grad-CAM shift happens (white-box).", layer_figs),
     ]
