@@ -13,8 +13,24 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["AdvlensError", "check_images", "unknown_name", "check_int", "check_path", "check_file", "file_kind",
-           "check_device", "check_memory", "first_line"]
+__all__ = [
+    "AdvlensError",
+    "check_images",
+    "unknown_name",
+    "check_int",
+    "check_path",
+    "check_file",
+    "file_kind",
+    "check_device",
+    "check_memory",
+    "first_line",
+    "check_bool",
+    "check_callable",
+    "check_choice",
+    "check_labels",
+    "check_layers",
+    "check_number",
+]
 
 
 class AdvlensError(ValueError):
@@ -318,4 +334,3 @@ def check_labels(y: object, name: str, n: int, classes: int, device: torch.devic
     return t
 
 
-__all__ += ["check_bool", "check_callable", "check_choice", "check_labels", "check_layers", "check_number"]
