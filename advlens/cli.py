@@ -32,7 +32,6 @@ def _int_at_least(minimum: int):
             raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
         return value
 
-    parse.__name__ = f"int>={minimum}"
     return parse
 
 
@@ -49,7 +48,6 @@ def _float_above(minimum: float, strict: bool):
             raise argparse.ArgumentTypeError(f"must be a number {'>' if strict else '>='} {minimum:g}, got {text!r}")
         return value
 
-    parse.__name__ = f"float{'>' if strict else '>='}{minimum:g}"
     return parse
 
 

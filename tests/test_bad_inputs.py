@@ -267,7 +267,7 @@ def test_names_that_collide_once_sanitized_get_distinct_outputs(tmp_path, digits
     assert sorted(df.image) == sorted(["a b", "a_b", "a?b"])
 
 
-def test_weights_tensor_of_wrong_shape_names_the_key(tmp_path, digits_model, capsys):
+def test_weights_tensor_of_wrong_shape_is_one_line_naming_the_file(tmp_path, digits_model, capsys):
     state = {k: v.clone() for k, v in digits_model.net.state_dict().items()}
     k = next(iter(state))
     state[k] = torch.zeros(1)

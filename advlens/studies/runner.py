@@ -87,10 +87,10 @@ def _check_out(out: Path, spec: StudySpec) -> None:
 
 
 @contextlib.contextmanager
-def _locked(out: Path) -> Iterator[bool]:
+def _locked(out: Path) -> Iterator[None]:
     """Hold ``out/.advlens.lock`` (an OS file lock: released when the process dies) while a run writes
-    ``out``; a second run on the same folder is refused with one line. Yields whether ``out`` was created
-    here; such a folder is removed again if the run fails before writing anything but the lock."""
+    ``out``; a second run on the same folder is refused with one line. A folder created here is removed
+    again if the run fails before writing anything but the lock."""
     from filelock import FileLock, Timeout
 
     created = not out.exists()
@@ -103,7 +103,7 @@ def _locked(out: Path) -> Iterator[bool]:
                            f"wait for it to finish or choose another --out") from None
     ok = False
     try:
-        yield created
+        yield
         ok = True
     finally:
         lock.release()
