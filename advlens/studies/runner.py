@@ -32,7 +32,7 @@ from .._io import (atomic_write, check_not_inside, check_writable, read_manifest
                    write_json, write_parquet)
 from .spec import StudySpec, list_studies
 
-__all__ = ["Unit", "run_study", "build_report", "read_tables", "report_folder", "runtime"]
+__all__ = ["Unit", "run_study", "build_report", "derived_tables", "read_tables", "report_folder", "runtime"]
 
 log = logging.getLogger(__name__)
 
@@ -305,10 +305,22 @@ def read_tables(out: str | Path) -> tuple[dict[str, Any], dict[str, pd.DataFrame
     return meta, tables, examples
 
 
+def derived_tables(meta: dict[str, Any], tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The study's derived tables (every number its report shows: compromise probabilities, TPR/AUC per
+    strength, MOD/VID, Table 1, ...), computed from the merged tables by the study module's ``derived``."""
+    derive = getattr(_module(meta["spec"]["study"]), "derived", None)
+    return derive(meta, tables) if derive is not None else {}
+
+
 def build_report(out: str | Path) -> Path:
-    """Rebuild ``figures/`` and ``report.html`` of a study folder from its files alone."""
+    """Write the derived tables as ``<name>.parquet`` beside ``results.parquet``, then rebuild ``figures/``
+    and ``report.html`` from the folder's files alone; the report reads the derived tables it shows."""
+    out = Path(out)
     meta, tables, examples = read_tables(out)
-    return _module(meta["spec"]["study"]).report(Path(out), meta, tables, examples)
+    for name, df in derived_tables(meta, tables).items():
+        write_parquet(df, out / f"{name}.parquet")
+        tables[name] = df
+    return _module(meta["spec"]["study"]).report(out, meta, tables, examples)
 
 
 def report_folder(out: str | Path) -> Path:
