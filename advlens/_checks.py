@@ -199,11 +199,34 @@ def check_device(device: object, name: str = "device") -> torch.device:
     return dev
 
 
+def free_memory(device: torch.device | str) -> int:
+    """Bytes a new batch can use on ``device``: CUDA free memory plus the caching allocator's unused
+    reserve; on the CPU the kernel's ``MemAvailable`` (``/proc/meminfo``, else free physical pages),
+    capped by the container's cgroup-v2 memory limit."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
+    free = None
+    try:
+        with open("/proc/meminfo") as f:
+            free = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
+    except OSError:
+        pass
+    if free is None:
+        free = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    try:  # a container's cgroup (v2) limit, when tighter than the machine's free memory
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            free = min(free, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(0, free)
+
+
 def check_memory(nbytes: int, what: str, fix: str, device: torch.device | str = "cpu") -> None:
     """Refuse (one line) to allocate ``nbytes`` for ``what`` when they exceed the free memory of ``device``
-    (CPU: ``MemAvailable`` capped by the cgroup limit, see :func:`advlens.models.batching.free_memory`)."""
-    from .models.batching import free_memory
-
+    (CPU: ``MemAvailable`` capped by the cgroup limit, see :func:`free_memory`)."""
     free = free_memory(device)
     if nbytes > free:
         gib = 2.0**30

@@ -16,7 +16,7 @@ Prints images/s on VGG-16 at 224x224 (random init: speed does not depend on the 
     11 forwards and 10 backwards, torchattacks' 10 and 10);
 and, on CUDA, the peak GPU memory of advlens vs the floor. The model is back in plain fp32 before
 any anchor runs (``--skip-bf16`` leaves the bf16 runs out: CPUs without native bf16 run
-them tens of times slower than fp32). ``--auto-batch`` picks the batch with ``advlens.models.batching.auto_batch_size``
+them tens of times slower than fp32). ``--auto-batch`` picks the batch with ``advlens.explain.batching.auto_batch_size``
 (capped by ``--max-batch``).
 
 Then a targets table, one line per target with the measured value and PASS/FAIL:
@@ -224,7 +224,7 @@ def main() -> None:
         warnings.simplefilter("ignore")
         model = al.load_model("vgg16", weights="random", device=device)
     if args.auto_batch:
-        from advlens.models.batching import auto_batch_size
+        from advlens.explain.batching import auto_batch_size
 
         bs = auto_batch_size(model, size=(args.size, args.size), max_batch=args.max_batch)
     else:

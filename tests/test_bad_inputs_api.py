@@ -240,11 +240,11 @@ def test_sizes_that_cannot_fit_are_refused_before_allocating(source: str, kwargs
 
 
 def test_folder_size_checked_against_available_memory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import advlens.models.batching as batching
+    import advlens._checks as _checks
 
     for k in range(3):
         Image.new("RGB", (8, 8), "red").save(tmp_path / f"{k}.png")
-    monkeypatch.setattr(batching, "free_memory", lambda device: 2**30)  # 1 GiB free
+    monkeypatch.setattr(_checks, "free_memory", lambda device: 2**30)  # 1 GiB free
     _refused(lambda: load_images(tmp_path, size=8192), "n=3", "8192×8192", "2.2 GiB", "1.0 GiB")
     _refused(lambda: load_images(tmp_path, size=4096, n=20), "n=20", "4096×4096")
     assert load_images(tmp_path, size=64).x.shape == (3, 3, 64, 64)

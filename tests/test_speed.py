@@ -17,8 +17,9 @@ from advlens._checks import AdvlensError
 from advlens.cli import main
 from advlens.defend import wrap as defend_wrap
 from advlens.explain.engine import capture
-from advlens.models import batching
-from advlens.models.batching import auto_batch_size, image_cost, run_batched
+from advlens import _checks
+from advlens.explain import batching
+from advlens.explain.batching import auto_batch_size, image_cost, run_batched
 from advlens.studies.runner import run_study
 from advlens.studies.spec import load_spec
 
@@ -33,11 +34,11 @@ def test_image_cost_grows_with_the_image_and_batch_size_follows_free_memory(vgg1
     fixed, small = image_cost(vgg16, (32, 32))
     _, large = image_cost(vgg16, (64, 64))
     assert fixed == 0 and 3.5 < large / small < 4.5  # activations scale with the pixels
-    monkeypatch.setattr(batching, "free_memory", lambda device: int(small * 10 / 0.5))
+    monkeypatch.setattr(_checks, "free_memory", lambda device: int(small * 10 / 0.5))
     assert auto_batch_size(vgg16, (32, 32), fraction=0.5) == 8  # 10 fit, rounded down to a power of two
-    monkeypatch.setattr(batching, "free_memory", lambda device: small // 2)
+    monkeypatch.setattr(_checks, "free_memory", lambda device: small // 2)
     assert auto_batch_size(vgg16, (32, 32)) == 1  # never below one image
-    monkeypatch.setattr(batching, "free_memory", lambda device: small * 10**6)
+    monkeypatch.setattr(_checks, "free_memory", lambda device: small * 10**6)
     assert auto_batch_size(vgg16, (32, 32), max_batch=100) == 64
     with pytest.raises(AdvlensError, match="fraction must be in"):
         auto_batch_size(vgg16, fraction=0)
@@ -65,7 +66,7 @@ def test_explain_with_auto_batch_size_equals_one_batch(model, digits_test, monke
     x = digits_test.x[:5]
     ref = al.explain(model, x, "gradcam")
     _, per = image_cost(model)
-    monkeypatch.setattr(batching, "free_memory", lambda device: int(per * 2.5 / 0.6))  # -> batches of 2
+    monkeypatch.setattr(_checks, "free_memory", lambda device: int(per * 2.5 / 0.6))  # -> batches of 2
     chosen = []
     real = batching.run_batched
     monkeypatch.setattr(importlib.import_module("advlens.explain.api"), "run_batched", lambda fn, n, bs, **kw: chosen.append(bs) or real(fn, n, bs, **kw))

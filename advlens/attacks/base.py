@@ -29,7 +29,7 @@ from .._checks import (
 from ..explain.api import LAYER_METHODS, layers_for, maps_from_pass
 from ..explain.engine import check_model, forward_backward
 from ..explain.gradient import smooth_relu
-from ..models.batching import resolve_batch_size, run_batched
+from ..explain.batching import resolve_batch_size, run_batched
 from ..models.wrapper import ClassifierModel
 
 __all__ = [
@@ -256,7 +256,7 @@ def attack(
         target: targeted attack toward this class (int or ``[N]``); None = untargeted.
         chunk_size: attack at most this many images at once (None: all). ``"auto"``: the largest
             power of two whose all-layer pass fits the free memory, halved if a chunk runs out of
-            memory (:mod:`advlens.models.batching`). Every chunk gets the same ``seed`` (the draws
+            memory (:mod:`advlens.explain.batching`). Every chunk gets the same ``seed`` (the draws
             are per image, so chunking does not change an image's randomness); per-image
             results are concatenated, ``time_s`` summed, batch-level extras (e.g. DLFuzz's
             coverage) stacked one row per chunk.

@@ -9,7 +9,7 @@ from torch.nn import functional as F
 
 from .._checks import AdvlensError, check_bool, check_images, check_int, check_layers, check_number, unknown_name
 from ..models.wrapper import ClassifierModel
-from ..models.batching import concat_maps, resolve_batch_size, run_batched
+from .batching import concat_maps, resolve_batch_size, run_batched
 from . import cam as _cam
 from .engine import Pass, check_model, forward_backward
 from .gradient import grad_map, saliency_from_grad, smoothgrad
@@ -227,7 +227,7 @@ def explain(
             pytorch-grad-cam).
         batch_size: split ``x`` into chunks of this size (maps are concatenated); ``"auto"`` picks
             the largest that fits the device's free memory
-            (:func:`~advlens.models.batching.auto_batch_size`) and halves it if a chunk still runs
+            (:func:`~advlens.explain.batching.auto_batch_size`) and halves it if a chunk still runs
             out of memory.
         **method_kw: options of the own-pass methods, e.g. ``n_samples``, ``noise_level`` for
             ``smoothgrad``, ``tau`` for ``grad``, ``epsilon``/``composite`` for ``lrp``,

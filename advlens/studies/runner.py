@@ -137,7 +137,7 @@ def _chunk_size(spec: StudySpec, old: dict[str, Any] | None) -> int:
         return int(spec.batch_size)
     if old is not None and isinstance(old.get("batch_size"), int):
         return old["batch_size"]
-    from ..models.batching import auto_batch_size
+    from ..explain.batching import auto_batch_size
     from ._common import entries, load_entry
 
     model, _ = load_entry(entries(spec)[0], spec, limit=1)

@@ -11,50 +11,24 @@ memory (other processes, fragmentation), halves the batch and retries that chunk
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import TypeVar
 
 import torch
 
+from .. import _checks
 from .._checks import AdvlensError
-from .wrapper import ClassifierModel
+from ..models.wrapper import ClassifierModel
 
-__all__ = ["auto_batch_size", "free_memory", "image_cost", "run_batched", "resolve_batch_size", "concat_maps"]
+__all__ = ["auto_batch_size", "image_cost", "run_batched", "resolve_batch_size", "concat_maps"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
-def free_memory(device: torch.device | str) -> int:
-    """Bytes a new batch can use on ``device``: CUDA free memory plus the caching allocator's unused
-    reserve; on the CPU the kernel's ``MemAvailable`` (``/proc/meminfo``, else free physical pages),
-    capped by the container's cgroup-v2 memory limit."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return int(free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device))
-    free = None
-    try:
-        with open("/proc/meminfo") as f:
-            free = next((int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")), None)
-    except OSError:
-        pass
-    if free is None:
-        free = int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
-    try:  # a container's cgroup (v2) limit, when tighter than the machine's free memory
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            free = min(free, int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
-    except (OSError, ValueError):
-        pass
-    return max(0, free)
-
-
 def _probe(model: ClassifierModel, n: int, size: tuple[int, int]) -> None:
     """One all-layer forward + backward (the explanation engine's pass) on ``n`` random images."""
-    from ..explain.engine import forward_backward
+    from .engine import forward_backward
 
     x = torch.rand(n, 3, *size, device=model.device)
     forward_backward(model, x, list(model.layers), input_grad=True, check=False)
@@ -110,7 +84,7 @@ def auto_batch_size(model: ClassifierModel, size: tuple[int, int] | None = None,
     if not 0 < fraction <= 1:
         raise AdvlensError(f"fraction must be in (0, 1], got {fraction}")
     fixed, per = image_cost(model, size)
-    free = free_memory(model.device)
+    free = _checks.free_memory(model.device)
     n = max(1, min(int(max_batch), int((free * fraction - fixed) // per)))
     n = 1 << (n.bit_length() - 1)  # round down to a power of two
     log.info("auto batch size %d (%.1f MiB per image, %.0f MiB free)", n, per / 2**20, free / 2**20)
