@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.advlens-installed
 TEST_STAMP := $(VENV)/.advlens-test-installed
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test docs clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,6 +28,18 @@ demo: $(STAMP)
 
 test: $(TEST_STAMP)
 	$(BIN)/python -m pytest -q
+
+DOCS_VENV ?= .venv-docs
+DOCS_STAMP := $(DOCS_VENV)/.advlens-docs-installed
+
+$(DOCS_STAMP): docs/requirements.txt
+	test -x $(DOCS_VENV)/bin/python || $(PY) -m venv $(DOCS_VENV)
+	$(DOCS_VENV)/bin/pip install --quiet -r docs/requirements.txt
+	touch $@
+
+# The documentation site (mkdocs + mkdocstrings, its own venv): broken links and docstring warnings fail it.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(DOCS_VENV)/bin/mkdocs build --strict -d site
 
 clean:
 	rm -rf $(VENV) advlens-demo .pytest_cache

@@ -143,9 +143,11 @@ def explain_many(
     from the same pass; the methods of :data:`OWN_PASS_METHODS` (``smoothgrad``, ``grad``, …)
     need a pass of their own.
 
-    Args: as :func:`explain`, with ``methods`` a list of names; ``return_logits`` also returns the
-        logits ``[N,C]`` of that same forward (no extra pass to get the predictions);
-        ``**options`` go to the own-pass methods that accept them (see :func:`method_options`).
+    Args:
+        methods: a list of method names; the other arguments are those of :func:`explain`.
+        return_logits: also return the logits ``[N,C]`` of that same forward (no extra pass to get
+            the predictions).
+        **options: go to the own-pass methods that accept them (see :func:`method_options`).
 
     Returns:
         ``{method: {layer: Tensor[N,H,W]}}`` at the input size; input-pixel methods use the key
