@@ -27,10 +27,15 @@ def _cmd_train(args: argparse.Namespace) -> None:
     common = dict(epochs=args.epochs, seed=args.seed, checkpoint=args.checkpoint, progress=not args.quiet)
     extra = _param_pairs(args.param)
     if args.recipe.startswith("retrain-"):
-        trained, info = retrain(model, args.data, args.recipe.split("-", 1)[1], n_attack=args.n_attack, **common, **extra)
+        method = args.recipe.split("-", 1)[1]
+        if method == "fgsm":
+            extra.setdefault("fgsm_form", args.fgsm_form)
+        trained, info = retrain(model, args.data, method, n_attack=args.n_attack, **common, **extra)
     else:
-        gamma = args.gamma if args.recipe == "robust" else 0.0
-        trained, info = adversarial_train(model, args.data, eps=args.eps, steps=args.steps, gamma=gamma, **common, **extra)
+        robust = args.recipe == "robust"
+        extra.setdefault("objective", args.objective if robust else "pgd_ce")
+        trained, info = adversarial_train(model, args.data, eps=args.eps, steps=args.steps,
+                                          gamma=args.gamma if robust else 0.0, **common, **extra)
     test = load_images(args.data, n=2500 if args.data == "shapes" else None, split="test").to(model.device)
     acc = float((trained.predict(test.x) == test.y).float().mean())
     path = save_model(trained, args.out, {**info, "test_accuracy": acc})
@@ -77,13 +82,22 @@ def add_parser(sub, common, data_args) -> None:
     common(sp, None)
     sp.add_argument("--data", required=True, choices=["digits", "lfw", "shapes"], help="the small model's data set")
     sp.add_argument("--recipe", default="retrain-fgsm", choices=RECIPES,
-                    help="retrain-fgsm / retrain-onepixel (seed 001 'immune' models), pgd_at, robust (seed 004)")
+                    help="retrain-fgsm / retrain-onepixel (seed 001 'immune' models: retrain on the successful "
+                         "adversarial training images), pgd_at (PGD adversarial training), robust (seed 004 "
+                         "interpretation-robust training); default retrain-fgsm")
     sp.add_argument("--weights", default=None, help="start from these weights (default: the cached trained model)")
     sp.add_argument("--epochs", type=positive_int, default=5, help="fine-tuning epochs (default 5)")
     sp.add_argument("--n-attack", type=positive_int, default=None, help="retrain: attack only the first N training images")
     sp.add_argument("--eps", type=positive_float, default=0.031, help="pgd_at/robust: PGD L-inf budget (default 0.031)")
     sp.add_argument("--steps", type=positive_int, default=7, help="pgd_at/robust: PGD steps per batch (default 7)")
     sp.add_argument("--gamma", type=natural_float, default=2.0, help="robust: weight of the interpretation difference (2)")
+    sp.add_argument("--objective", default="paper", choices=["paper", "pgd_ce"],
+                    help="robust: 'paper' = CE on the clean image + gamma x worst-case interpretation difference "
+                         "(PGD maximizing it, seed 004 Sec. VI-B; default); 'pgd_ce' = CE and difference at the "
+                         "PGD cross-entropy example")
+    sp.add_argument("--fgsm-form", default="iterative", choices=["iterative", "single"],
+                    help="retrain-fgsm: 'iterative' = seed 001's FGSM with the minimal flipping eps per image "
+                         "(steps of 1/255 up to 32/255; default); 'single' = one FGSM step at eps 0.1")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE",
                     help="other recipe parameters, e.g. --param lr=0.001 --param eps=0.05 (repeatable)")
     sp.add_argument("--checkpoint", default=None, help="checkpoint file written every epoch and resumed from")

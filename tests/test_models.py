@@ -14,7 +14,8 @@ def test_registry_lists_and_suggests():
     names = al.list_models()
     for n in ["efficientnet_lite0", "vgg16", "resnet50", "resnet101", "inception_v3", "xception", "small_vgg_digits"]:
         assert n in names
-    assert al.list_models("small_*") == ["small_vgg_digits", "small_vgg_lfw", "small_vgg_shapes"]
+    assert al.list_models("small_vgg_*") == ["small_vgg_digits", "small_vgg_lfw", "small_vgg_shapes"]
+    assert al.list_models("small_resnet_*") == ["small_resnet_digits", "small_resnet_lfw", "small_resnet_shapes"]
     with pytest.raises(al.AdvlensError, match="unknown model 'vgg61'; did you mean 'vgg16'"):
         al.load_model("vgg61")
 

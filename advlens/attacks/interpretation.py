@@ -10,7 +10,12 @@ attack — PGD (eq. 8), C&W-L2 (eq. 9) or StAdv (eq. 10) — with
   Sec. IV-B, eqs. 8–10 with ``N_w = E(x)``), ``E`` = :func:`edge_map`, the authors' Sobel edge map:
   ``skimage.filters.sobel`` of the channel-mean clean image, in [0, 1] for images in [0, 1];
 * AdvEdge⁺: ``N_w = 1[E(x) > φ]`` with ``φ = 0.1`` on that [0, 1] scale (seed 004, Sec. IV-B,
-  "the threshold φ is adjusted to 0.1"; 0.05 suits RTS, REFERENCE.md).
+  "the threshold φ is adjusted to 0.1"; 0.05 suits RTS, REFERENCE.md);
+* against RTS, the extra encoder loss of seed 004 Sec. IV-E (after ADV²): ``+ w_enc·ℓ_enc(enc(x̂), y_t)``,
+  ``ℓ_enc = −log softmax(s(x̂))_{y_t}`` with ``s`` the class scores of RTS's encoder
+  (:func:`advlens.explain.rts.rts_with_scores`; untargeted: ``−CE(s, y)``, mirroring ``ℓ_prd``). On by
+  default (``enc_loss=True``), ``w_enc = 0.1`` (the authors' ``0.1 * rts_adv_loss``; the paper gives no
+  weight); ``enc_loss=False`` drops it.
 
 The interpreter ``g`` is one of ``grad`` (smoothed-ReLU gradient, Sec. IV-C), ``cam`` (Sec. IV-D),
 ``gradcam``/``layercam`` (same category), ``rts`` (Sec. IV-E, a trained masking model) or ``mask``
@@ -19,8 +24,7 @@ pass (``explainer=``); ``rts`` and ``mask`` are computed inside the loss.
 
 Departures from the paper's code (REFERENCE.md), by design: one stage with edge weighting
 throughout (the paper's description; the code warms up toward ``y_t`` first), a constant ``λ``
-(the code ramps ``c`` 5 → 10 for CAM), plain cross-entropy (no label smoothing), and no encoder
-loss ``ℓ_enc`` for RTS.
+(the code ramps ``c`` 5 → 10 for CAM) and plain cross-entropy (no label smoothing).
 """
 from __future__ import annotations
 
@@ -30,12 +34,12 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from .._checks import AdvlensError, check_int, check_number, unknown_name
+from .._checks import AdvlensError, check_bool, check_int, check_number, unknown_name
 from ..explain.api import explain, normalize_maps
 from ..models.wrapper import ClassifierModel
 from .base import _REGISTRY, AttackResult, register_attack
 
-__all__ = ["edge_map", "edge_weights", "interpretation_attack", "INTERPRETERS", "BASES"]
+__all__ = ["edge_map", "edge_weights", "encoder_loss", "interpretation_attack", "INTERPRETERS", "BASES", "ENC_WEIGHT"]
 
 #: interpreters an attack can target; "grad", "cam", "mask", "rts" are seed 004's four.
 INTERPRETERS = ("grad", "cam", "gradcam", "layercam", "rts", "mask")
@@ -44,6 +48,8 @@ BASES = ("pgd", "cw", "stadv")
 #: default interpretation-loss weight λ per base (PGD takes sign steps, so only the balance of the
 #: two gradients matters there; C&W and StAdv add λ·ℓ_int to their own objective).
 _DEFAULT_LAM = {"pgd": 10.0, "cw": 10.0, "stadv": 10.0}
+#: weight of seed 004's RTS encoder loss ℓ_enc (Sec. IV-E); the authors' code: ``0.1 * rts_adv_loss``
+ENC_WEIGHT = 0.1
 
 
 def edge_map(x: torch.Tensor) -> torch.Tensor:
@@ -96,14 +102,33 @@ def _map_class(target: torch.Tensor | None, logits: torch.Tensor) -> torch.Tenso
     return target if target is not None else logits.detach().argmax(1)
 
 
+def encoder_loss(scores: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None) -> torch.Tensor:
+    """Seed 004's RTS encoder loss ``ℓ_enc(enc(x̂), y_t)`` (Sec. IV-E) per image ``[N]``.
+
+    Args:
+        scores: ``[N,C]`` class scores of RTS's encoder on ``x̂``.
+        y: ``[N]`` true classes; target: ``[N]`` ``y_t`` or None (untargeted).
+
+    Returns:
+        ``−log softmax(scores)_{y_t}`` (targeted), ``+log softmax(scores)_y`` (untargeted: the encoder is
+        pushed away from ``y``, as ``ℓ_prd`` is).
+    """
+    logp = F.log_softmax(scores, dim=1)
+    if target is not None:
+        return -logp.gather(1, target[:, None])[:, 0]
+    return logp.gather(1, y[:, None])[:, 0]
+
+
 class _MapLoss:
-    """``loss_fn(x̂, logits, maps) -> λ · mean_ij (g(x̂) − m_t)²`` per image ``[N]``."""
+    """``loss_fn(x̂, logits, maps) -> λ · mean_ij (g(x̂) − m_t)² [+ w_enc · ℓ_enc]`` per image ``[N]``."""
 
     def __init__(self, model: ClassifierModel, interpreter: str, m_t: torch.Tensor, lam: float,
-                 target: torch.Tensor | None, layer: str | None, options: dict[str, Any]) -> None:
+                 y: torch.Tensor, target: torch.Tensor | None, layer: str | None, options: dict[str, Any]) -> None:
         self.model, self.interpreter, self.m_t, self.lam = model, interpreter, m_t, lam
-        self.target, self.layer, self.options = target, layer, options
+        self.y, self.target, self.layer, self.options = y, target, layer, options
+        self.enc_weight = float(options.get("enc_weight", ENC_WEIGHT)) if options.get("enc_loss", True) else 0.0
         self.mask_state = None
+        self.enc_term: torch.Tensor | None = None  # the last w_enc·ℓ_enc [N] (RTS only), for inspection
 
     def explainer(self) -> dict[str, Any] | None:
         if self.interpreter not in _ENGINE:
@@ -118,17 +143,22 @@ class _MapLoss:
             return m
         cls = _map_class(self.target, logits)
         if self.interpreter == "rts":
-            from ..explain.rts import rts
+            from ..explain.rts import rts_with_scores
 
-            return normalize_maps(rts(self.model, xa, cls, data=self.options.get("rts_data")))
+            m, scores = rts_with_scores(self.model, xa, cls, data=self.options.get("rts_data"))
+            if self.enc_weight > 0:
+                self.enc_term = self.enc_weight * encoder_loss(scores, self.y, self.target)
+            return normalize_maps(m)
         from .mask_bilevel import mask_map_step
 
         m, self.mask_state = mask_map_step(self.model, xa, cls, self.mask_state, self.options)
         return m
 
     def __call__(self, xa: torch.Tensor, logits: torch.Tensor, maps) -> torch.Tensor:
+        self.enc_term = None
         m = self.adversarial_map(xa, logits, maps)
-        return self.lam * (m - self.m_t).pow(2).mean(dim=(1, 2))
+        loss = self.lam * (m - self.m_t).pow(2).mean(dim=(1, 2))
+        return loss if self.enc_term is None else loss + self.enc_term
 
 
 def _benign_map(model: ClassifierModel, x: torch.Tensor, interpreter: str, cls: torch.Tensor,
@@ -204,7 +234,7 @@ def interpretation_attack(
     elif target_map.shape != (x.shape[0], *x.shape[-2:]):
         raise AdvlensError(f"target_map must have shape {[x.shape[0], *x.shape[-2:]]}, got {list(target_map.shape)}")
     weight = None if variant == "adv2" else edge_weights(x, phi if variant == "advedge+" else None)
-    loss = _MapLoss(model, interpreter, target_map.to(x), float(lam), target, layer, options)
+    loss = _MapLoss(model, interpreter, target_map.to(x), float(lam), y, target, layer, options)
     kw: dict[str, Any] = dict(base_params or {})
     if base == "pgd":
         kw.update(eps=eps, alpha=alpha, steps=steps, random_start=False)  # validated by pgd
@@ -215,6 +245,8 @@ def interpretation_attack(
     res.time_s = time.perf_counter() - start
     res.params = {**res.params, "method": variant, "base": base, "interpreter": interpreter, "lam": float(lam),
                   "phi": phi if variant == "advedge+" else None, "layer": layer}
+    if interpreter == "rts":
+        res.params["enc_weight"] = loss.enc_weight  # 0.0: ℓ_enc switched off (enc_loss=False)
     res.extras["target_map"] = target_map
     return res
 
@@ -227,8 +259,11 @@ def _make(variant: str):
         target_map: torch.Tensor | None = None, c: float | None = None, kappa: float | None = None,
         lr: float | None = None, binary_search_steps: int | None = None, flow_tau: float | None = None,
         smooth_tau: float = 1e-4, rts_data: str | None = None, mask_steps: int | None = None,
+        enc_loss: bool = True, enc_weight: float = ENC_WEIGHT,
     ) -> AttackResult:
         smooth_tau = check_number(smooth_tau, "smooth_tau", 0)
+        enc_loss = check_bool(enc_loss, "enc_loss")
+        enc_weight = check_number(enc_weight, "enc_weight", 0, strict=False)
         if rts_data is not None and not isinstance(rts_data, str):
             raise AdvlensError(f"rts_data must be the name of the data the RTS masker trains on, got {rts_data!r}")
         if mask_steps is not None:
@@ -241,7 +276,8 @@ def _make(variant: str):
         bad = sorted(set(base_params) - allowed.get(base, set()))
         if bad:
             raise AdvlensError(f"parameter(s) {['flow_tau' if b == 'tau' else b for b in bad]} do not apply to base {base!r}")
-        options: dict[str, Any] = {"smooth_tau": smooth_tau, "rts_data": rts_data}
+        options: dict[str, Any] = {"smooth_tau": smooth_tau, "rts_data": rts_data, "enc_loss": enc_loss,
+                                   "enc_weight": enc_weight}
         if mask_steps is not None:
             options["mask_options"] = {"steps": mask_steps}
         return interpretation_attack(variant, model, x, y, target, seed, base, interpreter, lam, eps, alpha, steps,
@@ -259,6 +295,8 @@ def _make(variant: str):
         target_map: ``[N,H,W]`` map to imitate (default: the benign map of the true class).
         smooth_tau: τ of the smoothed ReLU for ``grad``; rts_data: data the RTS masker is trained
             on; mask_steps: MASK optimisation steps of the benign map.
+        enc_loss, enc_weight: against ``rts``, add seed 004's encoder loss ``enc_weight·ℓ_enc`` (Sec. IV-E;
+            default on, weight 0.1 as the authors' code); ``enc_loss=False`` = without it.
     """
     return fn
 

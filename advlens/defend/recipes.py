@@ -5,17 +5,22 @@ with :func:`advlens.defend.training.fit`, so every recipe is seeded, resumable a
 - :func:`retrain` (seed 001, Sec. II-B "Adversarial (re)training" and Table 1): attack the training
   images with FGSM or the one-pixel attack against the trained model, add the *successful* adversarial
   images (with their true labels) to the training set, and continue training from the trained weights.
-  The results are seed 001's "FGSM_immune" and "One-pixel_immune" models.
-- :func:`adversarial_train` (Madry et al.; seed 004 Sec. VII "AT"): every batch is replaced by its PGD
-  examples against the current weights. With ``gamma > 0`` it becomes seed 004's interpretation-robust
-  training (eq. in Sec. VII-B, after Boopathy et al. [45]):
+  The results are seed 001's "FGSM_immune" and "One-pixel_immune" models. Seed 001's FGSM is iterative
+  (Sec. II-A: "a gradual increase in perturbation until the label ... changes"), so by default
+  (``fgsm_form="iterative"``) each training image gets :func:`advlens.attacks.fgsm.ifgsm`'s minimal
+  flipping ε (steps of 1/255 up to 32/255); ``fgsm_form="single"`` is one FGSM step at a fixed ε (0.1).
+- :func:`adversarial_train` (Madry et al.; seed 004 Sec. VI-B "AT"; ``gamma = 0``): every batch is
+  replaced by its PGD examples against the current weights. With ``gamma > 0`` it is seed 004's
+  interpretation-robust training (Sec. VI-B, "Interpretation-Based Robust Training", after Boopathy et
+  al. [45]), by default (``objective="paper"``) the paper's min-max objective
 
-      min_θ  E[ CE(f(x̂), y) + γ · D(x, x̂) ],
+      min_θ  E[ CE(f(x), y) + γ · D_worst(x) ],   D_worst(x) = max_{‖x̂ − x‖∞ ≤ ε} D(x, x̂),
       D(x, x̂) = ½ (‖g_y(x) − g_y(x̂)‖₁ + ‖g_t(x) − g_t(x̂)‖₁),
 
-  where ``g_c`` is the CAM map of class ``c`` (ReLU, normalized to unit L1 mass), ``y`` the true and
-  ``t`` the most likely other class of ``x̂``. ``x̂`` is the PGD (cross-entropy) example — a cheaper
-  stand-in for the worst-case interpretation difference ``D_worst`` of the paper.
+  with the training loss on the *clean* image and the inner maximization of ``D`` itself by L∞ PGD
+  (:func:`worst_case_example`). ``g_c`` is the CAM map of class ``c`` (ReLU, normalized to unit L1
+  mass), ``y`` the true and ``t`` the most likely other class of ``x̂``. ``objective="pgd_ce"`` is the
+  earlier advlens form ``CE(f(x̂), y) + γ·D(x, x̂)`` at the PGD cross-entropy example ``x̂``.
 """
 from __future__ import annotations
 
@@ -27,19 +32,30 @@ import torch
 from torch.nn import functional as F
 
 from .._checks import AdvlensError, check_bool, check_int, check_number, unknown_name
+from .._rng import rand_per_image
 from ..attacks import attack
+from ..attacks.base import project_linf
 from ..explain.engine import capture
 from ..models.wrapper import ClassifierModel
 from .training import fit, read_checkpoint
 
-__all__ = ["retrain", "adversarial_train", "interpretation_difference", "training_data", "save_model", "RETRAIN_ATTACKS"]
+__all__ = ["retrain", "adversarial_train", "interpretation_difference", "worst_case_example", "robust_loss",
+           "training_data", "save_model", "RETRAIN_ATTACKS", "FGSM_FORMS", "OBJECTIVES"]
 
-#: seed 001's retraining attacks and their defaults (FGSM eps 0.1 = seed 003's largest; one-pixel with a
-#: smaller population than Su et al. so that attacking hundreds of training images takes CPU minutes)
+#: seed 001's retraining attacks and their defaults (one-pixel with a smaller population than Su et al. so
+#: that attacking hundreds of training images takes CPU minutes)
 RETRAIN_ATTACKS: dict[str, dict[str, Any]] = {
-    "fgsm": {"eps": 0.1},
+    "fgsm": {},  # see FGSM_FORMS
     "onepixel": {"pixels": 1, "popsize": 100, "iterations": 30},
 }
+#: ``fgsm_form`` of :func:`retrain` -> (advlens attack, its defaults): seed 001's iterative FGSM (minimal
+#: flipping eps, as the signatures study runs it) or one FGSM step at eps 0.1 (seed 003's largest)
+FGSM_FORMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "iterative": ("ifgsm", {"eps_step": 1 / 255, "max_eps": 32 / 255}),
+    "single": ("fgsm", {"eps": 0.1}),
+}
+#: ``objective`` of :func:`adversarial_train` with ``gamma > 0`` (module docstring)
+OBJECTIVES = ("paper", "pgd_ce")
 
 
 def training_data(data: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,13 +133,17 @@ def retrain(
     checkpoint: str | Path | None = None,
     stop_after: int | None = None,
     progress: bool = False,
+    fgsm_form: str = "iterative",
     **attack_params: Any,
 ) -> tuple[ClassifierModel, dict[str, Any]]:
     """Seed 001's adversarial retraining: an "immune" copy of ``model`` (see the module docstring).
 
     Args:
         model: a model trained on ``data`` (``digits``, ``lfw``, ``shapes``).
-        method: ``fgsm`` or ``onepixel`` (defaults in :data:`RETRAIN_ATTACKS`, overridden by ``attack_params``).
+        method: ``fgsm`` or ``onepixel`` (defaults in :data:`RETRAIN_ATTACKS` / :data:`FGSM_FORMS`, overridden
+            by ``attack_params``).
+        fgsm_form: ``iterative`` (seed 001: minimal flipping ε per image, ``eps_step``/``max_eps``) or
+            ``single`` (one FGSM step at ``eps``, 0.1); only for ``method="fgsm"``.
         n_attack: attack only the first ``n_attack`` training images (None: all).
         checkpoint: resumable checkpoint; it also keeps the adversarial training images, so a resumed
             run does not attack again.
@@ -137,18 +157,23 @@ def retrain(
     _check_training(epochs, lr, seed, stop_after, progress)
     if n_attack is not None:
         check_int(n_attack, "n_attack", 1)
-    params = {**RETRAIN_ATTACKS[method], **attack_params}
+    if not isinstance(fgsm_form, str) or fgsm_form not in FGSM_FORMS:
+        raise unknown_name("fgsm_form", fgsm_form, FGSM_FORMS)
+    attack_name, defaults = FGSM_FORMS[fgsm_form] if method == "fgsm" else (method, RETRAIN_ATTACKS[method])
+    params = {**defaults, **attack_params}
     net = _copy(model)
     x, y = (t.to(model.device) for t in training_data(data))
     n_attack = len(x) if n_attack is None else min(int(n_attack), len(x))
     recipe = {"method": f"retrain-{method}", "data": data, "attack": params, "n_attack": n_attack, "epochs": epochs,
               "lr": lr, "seed": seed, "model": model.name}
+    if method == "fgsm":
+        recipe["fgsm_form"] = fgsm_form
     if checkpoint is not None and Path(checkpoint).is_file():
         tensors, _ = read_checkpoint(checkpoint)
         x_adv, y_adv = tensors["extra.x_adv"].to(x.device), tensors["extra.y_adv"].to(x.device)
     else:
         model.eval()
-        x_adv, y_adv = _attack_batches(model, x[:n_attack], y[:n_attack], method, params, seed, 128, progress)
+        x_adv, y_adv = _attack_batches(model, x[:n_attack], y[:n_attack], attack_name, params, seed, 128, progress)
     x_all, y_all = torch.cat([x, x_adv]), torch.cat([y, y_adv])
     flips = data != "digits"
 
@@ -179,6 +204,68 @@ def interpretation_difference(model: ClassifierModel, feats: torch.Tensor, feats
     return 0.5 * (d_y + d_t)
 
 
+def _cam_pass(model: ClassifierModel, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits ``[N,C]`` and CAM-layer activations ``[N,K,h,w]`` of one forward pass."""
+    with capture(model, [model.cam_layer]) as acts:
+        logits = model(x)
+        feats = acts[model.cam_layer]
+    return logits, feats
+
+
+def worst_case_example(model: ClassifierModel, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
+                       steps: int, seed: int) -> torch.Tensor:
+    """The inner maximization of seed 004's interpretation-robust training (Sec. VI-B, ``D_worst``):
+    ``x̂ ≈ argmax_{‖x̂ − x‖∞ ≤ ε, x̂ ∈ [0,1]} D(x, x̂)`` by L∞ PGD on :func:`interpretation_difference`
+    itself (sign ascent with step ``alpha``, ``steps`` steps), started uniformly in the ε-ball (per-image
+    seeds, :mod:`advlens._rng`; at ``x̂ = x`` the L1 difference has no gradient).
+
+    Shape: ``x`` ``[N,3,H,W]``, ``y`` ``[N]`` → ``x̂`` ``[N,3,H,W]`` (detached), ``‖x̂ − x‖∞ ≤ eps``.
+    """
+    x = x.detach()
+    with torch.no_grad():
+        _, feats = _cam_pass(model, x)
+    x_adv = torch.clamp(x + eps * (rand_per_image(x, seed) * 2 - 1), 0.0, 1.0)
+    for _ in range(steps):
+        xa = x_adv.requires_grad_(True)
+        with torch.enable_grad():
+            logits, feats_adv = _cam_pass(model, xa)
+            (g,) = torch.autograd.grad(interpretation_difference(model, feats, feats_adv, y, logits).sum(), xa)
+        x_adv = project_linf(x_adv.detach() + alpha * g.sign(), x, eps)
+    return x_adv.detach()
+
+
+def robust_loss(model: ClassifierModel, x: torch.Tensor, y: torch.Tensor, gamma: float, eps: float, alpha: float,
+                steps: int, seed: int, objective: str = "paper") -> torch.Tensor:
+    """One batch's loss of :func:`adversarial_train` (scalar; the examples are made in eval mode, the loss
+    is computed in the mode the model is in on entry).
+
+    - ``objective="paper"`` (seed 004 Sec. VI-B): ``CE(f(x), y) + γ · mean D(x, x̂_w)``, ``x̂_w`` =
+      :func:`worst_case_example`; with ``γ = 0`` exactly ``CE(f(x), y)`` (no example is made).
+    - ``objective="pgd_ce"``: ``CE(f(x̂), y) + γ · mean D(x, x̂)`` at the PGD (cross-entropy) example ``x̂``;
+      ``γ = 0`` is Madry et al.'s PGD adversarial training.
+
+    With ``γ > 0`` clean and adversarial images go through one forward pass (shared BatchNorm statistics).
+    """
+    if objective not in OBJECTIVES:
+        raise unknown_name("robust-training objective", objective, OBJECTIVES)
+    if objective == "paper" and gamma == 0:
+        return F.cross_entropy(model(x), y)
+    training = model.training
+    model.eval()  # attack with the running BatchNorm statistics, then train on the result
+    if objective == "paper":
+        x_adv = worst_case_example(model, x, y, eps, alpha, steps, seed)
+    else:
+        x_adv = attack(model, x, y, method="pgd", eps=eps, alpha=alpha, steps=steps, seed=seed).x_adv
+    model.train(training)
+    if gamma == 0:
+        return F.cross_entropy(model(x_adv), y)
+    n = len(x)
+    logits, feats = _cam_pass(model, torch.cat([x, x_adv]))
+    d = interpretation_difference(model, feats[:n], feats[n:], y, logits[n:])
+    ce = F.cross_entropy(logits[:n] if objective == "paper" else logits[n:], y)
+    return ce + gamma * d.mean()
+
+
 def adversarial_train(
     model: ClassifierModel,
     data: str,
@@ -192,11 +279,18 @@ def adversarial_train(
     checkpoint: str | Path | None = None,
     stop_after: int | None = None,
     progress: bool = False,
+    objective: str | None = None,
 ) -> tuple[ClassifierModel, dict[str, Any]]:
     """PGD adversarial training (``gamma = 0``) or interpretation-robust training (``gamma > 0``, seed 004).
 
-    Fine-tunes a copy of ``model`` on ``data``'s train split; each batch is attacked by L∞ PGD (``eps``,
-    ``steps``, step ``alpha`` = 2.5·eps/steps by default, random start) against the current weights.
+    Fine-tunes a copy of ``model`` on ``data``'s train split with :func:`robust_loss`; each batch's example
+    is made by L∞ PGD (``eps``, ``steps``, step ``alpha`` = 2.5·eps/steps by default, random start) against
+    the current weights.
+
+    Args:
+        objective: ``paper`` (clean CE + γ·worst-case interpretation difference, seed 004 Sec. VI-B) or
+            ``pgd_ce`` (CE and difference at the PGD cross-entropy example); default (None): ``paper`` when
+            ``gamma > 0``, ``pgd_ce`` (Madry et al.'s AT) when ``gamma = 0``.
 
     Returns:
         ``(robust_model, info)`` with the recipe and the training summary.
@@ -205,29 +299,22 @@ def adversarial_train(
     alpha = None if alpha is None else check_number(alpha, "alpha", 0, 1)
     gamma = check_number(gamma, "gamma", 0, strict=False)
     _check_training(epochs, lr, seed, stop_after, progress)
+    if objective is None:
+        objective = "paper" if gamma > 0 else "pgd_ce"
+    if not isinstance(objective, str) or objective not in OBJECTIVES:
+        raise unknown_name("robust-training objective", objective, OBJECTIVES)
     if gamma > 0 and (model.classifier is None or model.cam_layer is None):
         raise AdvlensError(f"interpretation-robust training needs a CAM model (cam_layer and classifier); {model.name} has none")
     alpha = 2.5 * eps / steps if alpha is None else alpha
     net = _copy(model)
     x, y = (t.to(model.device) for t in training_data(data))
-    name = "robust" if gamma > 0 else "pgd_at"
+    name = "robust" if gamma > 0 else "pgd_at" if objective == "pgd_ce" else "clean"
     recipe = {"method": name, "data": data, "eps": eps, "steps": steps, "alpha": alpha, "gamma": gamma,
-              "epochs": epochs, "lr": lr, "seed": seed, "model": model.name}
+              "objective": objective, "epochs": epochs, "lr": lr, "seed": seed, "model": model.name}
     flips = data != "digits"
 
     def loss(m: ClassifierModel, xb: torch.Tensor, yb: torch.Tensor, s: int) -> torch.Tensor:
-        xb = _flip(xb, s, flips)
-        m.eval()  # attack with the running BatchNorm statistics, then train on the result
-        x_adv = attack(m, xb, yb, method="pgd", eps=eps, alpha=alpha, steps=steps, seed=s).x_adv
-        m.train()
-        if gamma == 0:
-            return F.cross_entropy(m(x_adv), yb)
-        with capture(m, [m.cam_layer]) as acts:
-            logits = m(torch.cat([xb, x_adv]))
-            feats = acts[m.cam_layer]
-        n = len(xb)
-        d = interpretation_difference(m, feats[:n], feats[n:], yb, logits[n:])
-        return F.cross_entropy(logits[n:], yb) + gamma * d.mean()
+        return robust_loss(m, _flip(xb, s, flips), yb, gamma, eps, alpha, steps, s, objective)
 
     summary = fit(net, x, y, loss, epochs, recipe, lr=lr, seed=seed, checkpoint=checkpoint, stop_after=stop_after,
                   progress=progress)

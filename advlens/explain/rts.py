@@ -51,6 +51,7 @@ __all__ = [
     "rts",
     "rts_cache_path",
     "rts_loss",
+    "rts_with_scores",
     "train_rts",
 ]
 
@@ -331,6 +332,36 @@ def _cached(model: ClassifierModel, data: str, seed: int, device: torch.device) 
     return _LOADED[key]
 
 
+def rts_with_scores(
+    model: ClassifierModel,
+    x: Tensor,
+    target: int | Tensor | None = None,
+    seed: int = 0,
+    data: str | None = None,
+) -> tuple[Tensor, Tensor]:
+    """RTS map of ``x`` and the class scores of RTS's encoder on ``x`` (for seed 004's ``ℓ_enc``, Sec. IV-E).
+
+    RTS here reads the explained classifier's own frozen features at :func:`feature_layer` as its encoder
+    ``enc(x)`` (module docstring), so the encoder's class scores — what ADV²'s ``ℓ_enc(enc(x̂), y_t)``
+    compares with the target class — are the classifier's logits of the forward pass that computes
+    ``enc(x)`` (in the authors' code, the logits of RTS's separately fine-tuned ResNet-50 encoder).
+
+    Returns:
+        ``(m [N,H,W] in [0,1], scores [N,C])``, both differentiable w.r.t. ``x``; ``m`` as :func:`rts`.
+    """
+    check_model(model)
+    check_images(x)
+    seed = check_int(seed, "seed")
+    if data is not None and not isinstance(data, str):
+        raise AdvlensError(f"data must be the name of the data the RTS masker trains on (e.g. 'shapes'), got {data!r}")
+    net, meta = _cached(model, _data_for(model, data), seed, x.device)
+    if meta["num_classes"] != len(model.labels):
+        raise AdvlensError(f"the cached RTS masker has {meta['num_classes']} classes, {model.name!r} has {len(model.labels)}")
+    feats, logits = _features_and_logits(model, x, meta["feature_layer"])
+    c = resolve_target(target, logits.detach()).to(x.device)
+    return upsample_mask(net(x, feats, c), tuple(x.shape[-2:]))[:, 0], logits
+
+
 def rts(
     model: ClassifierModel,
     x: Tensor,
@@ -355,14 +386,4 @@ def rts(
     Example:
         >>> m = rts(al.load_model("small_vgg_shapes"), x)   # doctest: +SKIP
     """
-    check_model(model)
-    check_images(x)
-    seed = check_int(seed, "seed")
-    if data is not None and not isinstance(data, str):
-        raise AdvlensError(f"data must be the name of the data the RTS masker trains on (e.g. 'shapes'), got {data!r}")
-    net, meta = _cached(model, _data_for(model, data), seed, x.device)
-    if meta["num_classes"] != len(model.labels):
-        raise AdvlensError(f"the cached RTS masker has {meta['num_classes']} classes, {model.name!r} has {len(model.labels)}")
-    feats, logits = _features_and_logits(model, x, meta["feature_layer"])
-    c = resolve_target(target, logits.detach()).to(x.device)
-    return upsample_mask(net(x, feats, c), tuple(x.shape[-2:]))[:, 0]
+    return rts_with_scores(model, x, target, seed, data)[0]

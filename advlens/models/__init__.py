@@ -1,5 +1,5 @@
 """Models: registry, loaders and the :class:`ClassifierModel` wrapper."""
-from . import imagenet, small_vgg  # noqa: F401  (register the builders)
+from . import imagenet, small_resnet, small_vgg  # noqa: F401  (register the builders)
 from .registry import list_models, load_model, register_model
 from .wrapper import ClassifierModel, wrap
 

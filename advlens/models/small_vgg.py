@@ -1,4 +1,5 @@
-"""Small VGG-style CNNs trained on the offline data sets (digits, lfw, shapes).
+"""Small VGG-style CNNs trained on the offline data sets (digits, lfw, shapes), and the training, caching
+and registration every small architecture shares (:class:`SmallArch`; ``small_resnet`` uses them too).
 
 Architecture (Keras layer names, as in the seeds): two 16-channel convs, pool, two 32-channel
 convs, pool, two 64-channel convs (each conv → BatchNorm → ReLU; the layer ``block{b}_conv{k}`` is
@@ -12,6 +13,8 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -24,7 +27,8 @@ from .._checks import AdvlensError, check_int, check_path, first_line, unknown_n
 from .registry import register_model
 from .wrapper import ClassifierModel
 
-__all__ = ["SmallVGG", "train_small_vgg", "advlens_home", "TRAINABLE_DATA"]
+__all__ = ["SmallVGG", "SmallArch", "train_small", "train_small_vgg", "register_small", "advlens_home",
+           "TRAINABLE_DATA"]
 
 log = logging.getLogger(__name__)
 
@@ -69,8 +73,31 @@ def _wrap(net: SmallVGG, data: str, labels: list[str], size: tuple[int, int]) ->
     return ClassifierModel(net, MEAN, STD, layers, labels, size, f"small_vgg_{data}", cam_layer=last, classifier=net.fc)
 
 
-def _cache_path(data: str, seed: int) -> Path:
-    return advlens_home() / "models" / f"small_vgg-v{_ARCH_VERSION}-{data}-seed{seed}.safetensors"
+@dataclass(frozen=True)
+class SmallArch:
+    """A small architecture trained on the offline data sets, registered as ``{name}_{data}``.
+
+    Attributes:
+        name: registry prefix and cache file prefix (``small_vgg``, ``small_resnet``).
+        build: ``build(num_classes) -> nn.Module`` taking normalized ``[N,3,H,W]``; its final
+            ``nn.Linear`` is ``.fc`` (the state-dict check on loading looks for ``fc.weight``).
+        wrap: ``wrap(net, data, labels, (H, W)) -> ClassifierModel`` (layers, CAM layer, name).
+        version: in the cache file name, so a changed architecture never loads stale weights.
+        epochs: default training epochs per data set.
+    """
+
+    name: str
+    build: Callable[[int], nn.Module]
+    wrap: Callable[[nn.Module, str, list[str], tuple[int, int]], ClassifierModel]
+    version: int
+    epochs: Mapping[str, int]
+
+
+VGG = SmallArch("small_vgg", SmallVGG, _wrap, _ARCH_VERSION, _EPOCHS)
+
+
+def _cache_path(data: str, seed: int, arch: SmallArch = VGG) -> Path:
+    return advlens_home() / "models" / f"{arch.name}-v{arch.version}-{data}-seed{seed}.safetensors"
 
 
 def train_small_vgg(
@@ -96,18 +123,34 @@ def train_small_vgg(
     Raises:
         AdvlensError: unknown ``data``, or ``seed``/``epochs``/``out`` of the wrong type or range.
     """
+    return train_small(VGG, data, seed, epochs, out, progress)
+
+
+def train_small(
+    arch: SmallArch,
+    data: str,
+    seed: int = 0,
+    epochs: int | None = None,
+    out: str | Path | None = None,
+    progress: bool = False,
+) -> tuple[ClassifierModel, dict]:
+    """Train ``arch`` on ``data`` deterministically and save it (safetensors); see :func:`train_small_vgg`.
+
+    Adam (lr 2e-3) under a one-cycle schedule (max 3e-3), batches of 64 in a seeded order, random
+    horizontal flips except on digits; ``epochs`` None = ``arch.epochs[data]``.
+    """
     from ..data import load_images
 
     if not isinstance(data, str) or data not in TRAINABLE_DATA:
         raise unknown_name("training data", data, TRAINABLE_DATA)
     seed = check_int(seed, "seed", 0)
-    epochs = _EPOCHS[data] if epochs is None else check_int(epochs, "epochs", 1)
+    epochs = arch.epochs[data] if epochs is None else check_int(epochs, "epochs", 1)
     out = None if out is None else check_path(out, "out")
     n = _N_IMAGES.get(data)
     train, test = (load_images(data, n=n, split=s, seed=seed) for s in ("train", "test"))
     torch.manual_seed(seed)
-    net = SmallVGG(len(train.labels))
-    model = _wrap(net, data, list(train.labels), tuple(train.x.shape[-2:]))
+    net = arch.build(len(train.labels))
+    model = arch.wrap(net, data, list(train.labels), tuple(train.x.shape[-2:]))
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * -(-len(train) // 64))
     gen = torch.Generator().manual_seed(seed)
@@ -116,7 +159,7 @@ def train_small_vgg(
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(bar, desc=f"train small_vgg on {data}", unit="epoch")
+        bar = tqdm(bar, desc=f"train {arch.name} on {data}", unit="epoch")
     model.train()
     for _ in bar:
         for idx in torch.randperm(len(train), generator=gen).split(64):
@@ -138,7 +181,7 @@ def train_small_vgg(
         "test_accuracy": _accuracy(model, test.x, test.y),
         "seconds": round(time.perf_counter() - start, 2),
     }
-    path = Path(out) if out else _cache_path(data, seed)
+    path = Path(out) if out else _cache_path(data, seed, arch)
     _save(net, path, {**info, "labels": list(train.labels), "input_size": list(model.input_size)})
     info["path"] = str(path)
     for p in model.parameters():
@@ -160,13 +203,13 @@ def _save(net: nn.Module, path: Path, meta: dict) -> None:
     atomic_write(path, lambda f: f.write(save(state, metadata={"advlens": json.dumps(meta)})))
 
 
-def _load(path: Path, data: str) -> ClassifierModel:
-    """A trained SmallVGG from our safetensors (with metadata) or a plain ``.pth`` state dict."""
+def _load(path: Path, data: str, arch: SmallArch = VGG) -> ClassifierModel:
+    """A trained ``arch`` network from our safetensors (with metadata) or a plain ``.pth`` state dict."""
     from .weights import load_into, read_state_dict
 
     state = read_state_dict(path)
     if "fc.weight" not in state or state["fc.weight"].ndim != 2:
-        raise AdvlensError(f"weights {path} are not a small_vgg state dict (no 2-D 'fc.weight')")
+        raise AdvlensError(f"weights {path} are not a {arch.name} state dict (no 2-D 'fc.weight')")
     classes = int(state["fc.weight"].shape[0])
     meta = _read_meta(path) if path.suffix == ".safetensors" else {}
     labels = meta.get("labels") or [str(i) for i in range(classes)]
@@ -177,9 +220,9 @@ def _load(path: Path, data: str) -> ClassifierModel:
     if not (isinstance(size, (list, tuple)) and len(size) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and v >= 4 for v in size)):
         raise AdvlensError(f"weights {path}: metadata 'input_size' must be [H, W] (ints ≥ 4), got {str(size)[:80]}")
-    net = SmallVGG(classes)
+    net = arch.build(classes)
     load_into(net, state, str(path))
-    return _wrap(net, data, labels, tuple(size))
+    return arch.wrap(net, data, labels, tuple(size))
 
 
 def _read_meta(path: Path) -> dict:
@@ -196,7 +239,7 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def _builder(data: str):
+def _builder(data: str, arch: SmallArch):
     def build(weights: str | None = None, seed: int = 0) -> ClassifierModel:
         seed = check_int(seed, "seed", 0)
         if weights == "random":
@@ -204,18 +247,24 @@ def _builder(data: str):
 
             test = load_images(data, split="test")
             torch.manual_seed(seed)
-            return _wrap(SmallVGG(len(test.labels)), data, list(test.labels), tuple(test.x.shape[-2:]))
+            return arch.wrap(arch.build(len(test.labels)), data, list(test.labels), tuple(test.x.shape[-2:]))
         if weights is not None:
-            return _load(Path(weights), data)
-        path = _cache_path(data, seed)
+            return _load(Path(weights), data, arch)
+        path = _cache_path(data, seed, arch)
         if path.is_file():
-            return _load(path, data)
-        log.warning("small_vgg_%s (seed %d) not cached yet: training it now (see `advlens train`)", data, seed)
-        return train_small_vgg(data, seed=seed)[0]
+            return _load(path, data, arch)
+        log.warning("%s_%s (seed %d) not cached yet: training it now (see `advlens train`)", arch.name, data, seed)
+        return train_small(arch, data, seed=seed)[0]
 
-    build.__doc__ = f"Small VGG trained on {data} (trained and cached on first use)."
+    build.__doc__ = f"{arch.name} trained on {data} (trained and cached on first use)."
     return build
 
 
-for _d in TRAINABLE_DATA:
-    register_model(f"small_vgg_{_d}")(_builder(_d))
+def register_small(arch: SmallArch) -> None:
+    """Register ``{arch.name}_{data}`` for every data set of :data:`TRAINABLE_DATA`: trained with
+    :func:`train_small` and cached on first use, ``weights="random"`` for an untrained one."""
+    for data in TRAINABLE_DATA:
+        register_model(f"{arch.name}_{data}")(_builder(data, arch))
+
+
+register_small(VGG)

@@ -15,8 +15,9 @@ by every attack of ``spec.attack["method"]`` (``+``-separated, parameters in sub
 Each row records accuracy on the defended model, ``adv_success`` (the attack fooled the model it ran
 on: the undefended model for ``transfer``, else the defended model / its adaptive view), ``clean_images``
 and the explanation shift of the defended model (Kendall τ and cosine between the Grad-CAM maps, CAM layer, true class, of clean and
-adversarial input; τ is undefined — NaN, left out of means — where the adversarial map vanishes). Trained defenses and ``none`` also get seed 004 Table VI's sweep: accuracy and
-Kendall τ under PGD at each ε of ``attack["sweep"]``. With ``spec.detectors``, each detector is fitted on
+adversarial input; τ is undefined — NaN, left out of means — where the adversarial map vanishes). Trained defenses and ``none`` also get seed 004 Table VI's sweep
+(:func:`_sweep`) at each ε of ``attack["sweep"]`` (default the paper's 2, 4, 6, 8, 9, 10/255): accuracy under
+PGD and Kendall τ of the CAM maps under the attack on the interpretation (``attack["sweep_form"]``). With ``spec.detectors``, each detector is fitted on
 train images (``fit_size``) and attacked by plain PGD and by PGD that also lowers the detector's score
 (:func:`advlens.defend.detector_attack.detector_attack`; a detector entry's ``weight`` scales that term).
 """
@@ -32,14 +33,15 @@ from .._checks import unknown_name
 from ..attacks import attack
 from ..data import load_images
 from ..defend import TRANSFORMS, wrap
-from ..defend.recipes import adversarial_train, retrain
+from ..defend.recipes import adversarial_train, retrain, worst_case_example
 from ..explain import explain
 from ..metrics import cosine, kendall_tau
 from ._common import entries_on_test_split, load_entry, safe_name
 from .runner import Unit
 from .spec import FitSize, KindTables, StudySpec, register_study
 
-__all__ = ["DefensesSpec", "plan", "report", "TRAINED", "GRADIENT_ATTACKS", "table1", "accuracy_table"]
+__all__ = ["DefensesSpec", "plan", "report", "derived", "TRAINED", "GRADIENT_ATTACKS", "table1", "accuracy_table",
+           "table6", "SWEEP_FORMS", "PAPER_SWEEP"]
 
 
 class DefensesSpec(StudySpec):
@@ -202,15 +204,48 @@ def _run(spec: DefensesSpec, attacks, model, batch, cfg, entry, memo) -> dict[st
     return out
 
 
+#: seed 004 Table VI's ε columns (besides 0, the clean accuracy)
+PAPER_SWEEP = [2 / 255, 4 / 255, 6 / 255, 8 / 255, 9 / 255, 10 / 255]
+#: ``attack["sweep_form"]`` -> (interpreter, attack whose τ is reported)
+SWEEP_FORMS = {"paper": ("cam", "interpretation PGD (max D)"), "pgd_gradcam": ("gradcam", "PGD (cross-entropy)")}
+
+
+def _cam(model, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """CAM ``[N,H,W]`` of class ``y`` (seed 004 Table VI's interpreter)."""
+    (m,) = explain(model, x, "cam", target=y).values()
+    return m
+
+
 def _sweep(spec: DefensesSpec, model, x: torch.Tensor, y: torch.Tensor, clean_maps: torch.Tensor) -> pd.DataFrame:
-    """Seed 004 Table VI: accuracy and Kendall τ (clean vs PGD Grad-CAM) at each ε of the sweep."""
+    """Seed 004 Table VI (Sec. VI-B): per ε, accuracy under L∞ PGD (cross-entropy) and Kendall τ between the
+    clean and adversarial maps under the attack against interpretability.
+
+    ``attack["sweep_form"]``: ``paper`` (default) — τ of the **CAM** maps (true class) of ``x`` and of the
+    PGD example that maximizes the interpretation difference ``D`` (:func:`~advlens.defend.recipes.
+    worst_case_example`, the attack of the robust training); ``pgd_gradcam`` — τ of Grad-CAM at the PGD
+    cross-entropy example (the earlier advlens form). A model without a CAM head (``cam_layer`` and
+    ``classifier``) gets ``pgd_gradcam``; the row's ``form`` says which was run. Both attacks: ``sweep_steps``
+    (10) steps of 2.5·ε/steps, ``spec.seed``.
+    """
+    form = spec.attack.get("sweep_form", "paper")
+    if form not in SWEEP_FORMS:
+        raise unknown_name("sweep_form", form, SWEEP_FORMS)
+    if getattr(model, "classifier", None) is None or getattr(model, "cam_layer", None) is None:
+        form = "pgd_gradcam"
     rows = []
     steps = int(spec.attack.get("sweep_steps", 10))
-    for eps in spec.attack.get("sweep", [2 / 255, 4 / 255, 8 / 255]):
-        x_adv = attack(model, x, y, "pgd", eps=eps, alpha=2.5 * eps / steps, steps=steps, seed=spec.seed).x_adv
-        tau, _ = _shift(model, clean_maps, x_adv, y)
+    cam0 = _cam(model, x, y) if form == "paper" else clean_maps
+    for eps in spec.attack.get("sweep", PAPER_SWEEP):
+        alpha = 2.5 * eps / steps
+        x_adv = attack(model, x, y, "pgd", eps=eps, alpha=alpha, steps=steps, seed=spec.seed).x_adv
+        if form == "paper":
+            x_int = worst_case_example(model, x, y, eps, alpha, steps, spec.seed)
+            tau = kendall_tau(cam0, _cam(model, x_int, y)).cpu()
+        else:
+            tau, _ = _shift(model, clean_maps, x_adv, y)
         rows.append({"eps": float(eps), "accuracy": float((model.predict(x_adv) == y).float().mean()),
-                     "tau": float(tau.nanmean())})  # NaN: a constant (vanished) map
+                     "tau": float(tau.nanmean()), "form": form,  # NaN: a constant (vanished) map
+                     "interpreter": SWEEP_FORMS[form][0]})
     return pd.DataFrame(rows)
 
 
@@ -229,9 +264,9 @@ def _short_labels(res: pd.DataFrame) -> pd.Series:
 
 def accuracy_table(results: pd.DataFrame) -> pd.DataFrame:
     """Per model × defense × attack: clean accuracy and accuracy / mean τ per mode (transfer, plain, adaptive)."""
-    g = results.groupby(["model", "defense", "attack", "mode"], sort=False)
+    g = results.groupby(["model", "defense", "kind", "attack", "mode"], sort=False)
     long = g.agg(accuracy=("correct", "mean"), tau=("tau", "mean"), clean=("clean_accuracy", "first")).reset_index()
-    wide = long.pivot_table(index=["model", "defense", "attack", "clean"], columns="mode",
+    wide = long.pivot_table(index=["model", "defense", "kind", "attack", "clean"], columns="mode",
                             values=["accuracy", "tau"], sort=False)
     order = [(v, m) for v in ("accuracy", "tau") for m in ("transfer", "plain", "adaptive") if (v, m) in wide.columns]
     wide = wide[order]
@@ -278,16 +313,72 @@ def table1(results: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def table6(sweep: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """Seed 004 Table VI: per model × defense, a row ``accuracy`` (ε = 0: clean accuracy) and a row ``tau``
+    with one column per ε (``"2/255"``…), from the sweep rows and the clean accuracies."""
+    sw = sweep.assign(eps=sweep.eps.map(lambda e: f"{e * 255:.0f}/255"))
+    kinds = results.drop_duplicates("defense").set_index("defense").kind
+    clean = results.drop_duplicates(["model", "defense"]).set_index(["model", "defense"]).clean_accuracy
+    parts = []
+    for value in ("accuracy", "tau"):
+        wide = sw.pivot_table(index=["model", "defense"], columns="eps", values=value, sort=False)
+        wide.columns = list(wide.columns)
+        if value == "accuracy":
+            wide.insert(0, "0", [clean.get(k, float("nan")) for k in wide.index])
+        parts.append(wide.reset_index().assign(value=value))
+    out = pd.concat(parts, ignore_index=True)
+    out.insert(2, "kind", out.defense.map(kinds))
+    if "form" in sweep:
+        forms = sweep.drop_duplicates(["model", "defense"]).set_index(["model", "defense"]).form
+        out["form"] = [forms.get((m, d)) for m, d in zip(out.model, out.defense)]
+    return out
+
+
+def detection_rates(detectors: pd.DataFrame) -> pd.DataFrame:
+    """Per model × detector × attack mode: the means of ``fooled``, ``flagged``, ``fooled_and_missed`` and
+    ``clean_flagged`` (one row per mode and detector in a run; means over runs otherwise)."""
+    cols = ["fooled", "flagged", "fooled_and_missed", "clean_flagged"]
+    return detectors.groupby(["model", "detector", "mode"], sort=False)[cols].mean().reset_index()
+
+
+def derived(meta: dict, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Every number the report shows: ``defense_accuracy`` (:func:`accuracy_table`), ``defense_runs`` (clean
+    accuracy and cost of each defended model), ``seed001_table1`` (:func:`table1`), ``seed004_table6``
+    (:func:`table6`) and ``detection_rates`` (:func:`detection_rates`) when the study has them."""
+    res = tables["results"]
+    out = {"defense_accuracy": accuracy_table(res), "defense_runs": tables["defenses"].reset_index(drop=True)}
+    t1 = table1(res)
+    if len(t1):
+        out["seed001_table1"] = t1
+    if "sweep" in tables and len(tables["sweep"]):
+        out["seed004_table6"] = table6(tables["sweep"], res)
+    if "detectors" in tables and len(tables["detectors"]):
+        out["detection_rates"] = detection_rates(tables["detectors"])
+    return out
+
+
+def _accuracy_long(acc: pd.DataFrame, attacks: list[str]) -> pd.DataFrame:
+    """:func:`accuracy_table` as one row per model × defense × (attack · mode), for the bar plots."""
+    modes = [m for m in ("transfer", "plain", "adaptive") if f"accuracy_{m}" in acc]
+    long = acc.melt(id_vars=["model", "defense", "kind", "attack"],
+                    value_vars=[f"{v}_{m}" for v in ("accuracy", "tau") for m in modes], var_name="col")
+    long[["value_name", "mode"]] = long.col.str.split("_", n=1, expand=True)
+    wide = long.pivot_table(index=["model", "defense", "kind", "attack", "mode"], columns="value_name",
+                            values="value", sort=False).reset_index()
+    order = [f"{a} · {m}" for a in attacks for m in ("transfer", "plain", "adaptive")]
+    return wide.assign(group=pd.Categorical(wide.attack + " · " + wide["mode"], categories=order),
+                       defense=_short_labels(wide))
+
+
 def report(out, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str, torch.Tensor]):
     from ..report import Section, bar_plot, write_report
 
     figs = out / "figures"
     res = tables["results"]
-    acc = accuracy_table(res)
-    order = [f"{a} · {m}" for a in pd.unique(res.attack) for m in ("transfer", "plain", "adaptive")]
-    long = res.assign(group=pd.Categorical(res.attack + " · " + res["mode"], categories=order),
-                      defense=_short_labels(res))
-    f_acc = [bar_plot(figs / f"accuracy_{safe_name(m)}.png", g, x="defense", y="correct", hue="group",
+    have = tables if "defense_accuracy" in tables else {**tables, **derived(meta, tables)}
+    acc = have["defense_accuracy"]
+    long = _accuracy_long(acc, list(pd.unique(res.attack)))
+    f_acc = [bar_plot(figs / f"accuracy_{safe_name(m)}.png", g, x="defense", y="accuracy", hue="group",
                       title=f"{m}: accuracy of the defended model under attack", ylabel="accuracy", errorbars=False)
              for m, g in long.groupby("model", sort=False)]
     f_tau = [bar_plot(figs / f"tau_{safe_name(m)}.png", g, x="defense", y="tau", hue="group",
@@ -299,30 +390,34 @@ def report(out, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str,
                 "made against the undefended model, 'plain' = the attack run on the defended model as it is, "
                 "'adaptive' = BPDA (non-differentiable transforms) or EOT (random transforms). τ is the Kendall rank "
                 "correlation of the defended model's Grad-CAM of clean and adversarial input (1 = unchanged).",
-                [*f_acc, *f_tau], [acc, tables["defenses"]]),
+                [*f_acc, *f_tau], [acc, have["defense_runs"]]),
     ]
-    t1 = table1(res)
-    if len(t1):
+    if "seed001_table1" in have:
         sections.append(Section("Seed 001 Table 1", "Accuracy on the clean test set and on the paper's extended test "
                                 "set: the clean images plus the adversarial images (made against the clean model) "
                                 "that fooled it, part sizes in 'clear_images' / '…_successful', for the clean and the "
                                 "retrained ('immune') models. Paper (cats/dogs): 85.80 / 58.37 / 64.62; FGSM immune "
-                                "84.15; one-pixel immune 86.09 %.", [], [t1]))
-    if "sweep" in tables:
-        sw = tables["sweep"]
-        kinds = res.drop_duplicates("defense").set_index("defense").kind
-        sw = sw.assign(defense=_short_labels(sw.assign(kind=sw.defense.map(kinds))))
-        f_sw = [bar_plot(figs / f"sweep_{col}_{safe_name(m)}.png",
-                         g.assign(eps=g.eps.map(lambda e: f"{e * 255:.0f}/255")),
-                         x="eps", y=col, hue="defense", title=f"{m}: {col} under PGD by ε (seed 004 Table VI)",
-                         errorbars=False) for m, g in sw.groupby("model", sort=False) for col in ("accuracy", "tau")]
-        sections.append(Section("Seed 004 Table VI", "Accuracy and Kendall τ of Grad-CAM (clean vs PGD) per ε for the "
-                                "normally trained model and the adversarially / interpretation-robustly trained ones.",
-                                f_sw, [sw]))
-    if "detectors" in tables:
+                                "84.15; one-pixel immune 86.09 %.", [], [have["seed001_table1"]]))
+    if "seed004_table6" in have:
+        t6 = have["seed004_table6"]
+        t6 = t6.assign(defense=_short_labels(t6))
+        eps_cols = [c for c in t6.columns if c.endswith("/255")]
+        f_sw = [bar_plot(figs / f"sweep_{v}_{safe_name(m)}.png",
+                         g.melt(id_vars=["defense"], value_vars=eps_cols, var_name="eps", value_name=v),
+                         x="eps", y=v, hue="defense", title=f"{m}: {v} by ε (seed 004 Table VI)", errorbars=False)
+                for (m, v), g in t6.groupby(["model", "value"], sort=False)]
+        paper = "form" in t6 and (t6.form == "paper").all()
+        how = ("τ of the CAM maps (true class), clean vs the PGD example that maximizes the interpretation "
+               "difference (the paper's attack against interpretability)") if paper else \
+            "τ of Grad-CAM, clean vs the PGD (cross-entropy) example"
+        sections.append(Section("Seed 004 Table VI", "Per ε: accuracy under PGD (ε = 0: clean) and " + how + ", for "
+                                "the normally trained model and the adversarially / interpretation-robustly trained "
+                                "ones (column 'form' per row). Paper (Wide-ResNet, CIFAR-10): NT τ 0.542 → −0.183, "
+                                "AT τ 0.870 → 0.676 from 2/255 to 10/255.", f_sw, [t6]))
+    if "detection_rates" in have:
         sections.append(Section("Detectors under a detector-aware attack", "Each detector's detection rate and the "
                                 "attack's success under plain PGD and under PGD that also lowers the detector's "
                                 "score (C&W-style adaptive attack); 'fooled_and_missed' = the attack fools the model "
-                                "and the detector does not flag it.", [], [tables["detectors"]]))
+                                "and the detector does not flag it.", [], [have["detection_rates"]]))
     return write_report(out / "report.html", "advlens study: defenses (seeds 001, 002, 004)", sections,
                         meta["spec"], meta.get("versions", {}))

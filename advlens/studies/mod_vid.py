@@ -1,7 +1,11 @@
 """Seed 003 (Chakraborty et al.): Grad-CAM shift under FGSM at every layer, across architectures.
 
 For each architecture and eps: white-box FGSM (the model's own gradient) and black-box FGSM
-transferred from a surrogate model; NISSIM = (1 − SSIM)/2 between the clean and attacked
+transferred from the entry's ``surrogate`` (seed 003 § 4.1: FGSM made on one ResNet-50 and applied to
+every other network; the ``seed003`` preset transfers from ``small_resnet_<data>`` to each small VGG;
+a differently seeded twin, ``{model = "small_vgg_lfw", seed = 1}``, was its source before issue 16 and
+remains a choice). The ``source`` column names where each FGSM direction came from and
+``source_model`` the model whose gradient made it. NISSIM = (1 − SSIM)/2 between the clean and attacked
 Grad-CAM of every layer (seed 003 eq. 1); MOD = mean NISSIM over the N images of the adversarial
 set of one eps (eq. 2), one map per image at the paper's layer, the last convolutional layer
 (§ 4.4: the Grad-CAM "raw heatmap" of Fig. 5; here ``model.cam_layer``, the layer feeding global
@@ -31,7 +35,8 @@ from ._common import chunks, load_entry, maps_in_batches, safe_name, similarity_
 from .runner import Unit
 from .spec import Explainers, Layers, Metrics, ModelEntry, Strengths, StudySpec, register_study
 
-__all__ = ["ModVidSpec", "plan", "report", "mod_vid_table", "mod_per_layer_table", "paper_layer"]
+__all__ = ["ModVidSpec", "plan", "report", "derived", "mod_vid_table", "mod_per_layer_table", "mod_per_image_table",
+           "accuracy_psnr_table", "paper_layer", "DERIVED"]
 
 
 class ModVidSpec(StudySpec):
@@ -104,21 +109,25 @@ def _run(spec, model, surrogate, batch, sl, i, entry, metric_names) -> dict[str,
     if batch.y is not None:  # true labels where the data set has them (seed 003 measures accuracy)
         known = batch.y[sl].to(x.device) >= 0
         y[known] = batch.y[sl].to(x.device)[known]
-    direction = {"white-box": objective_grad(model, x, y)[0].sign()}
+    # FGSM (seed 003 § 2.2): x + eps * sign(grad_x J(theta, x, y)), the gradient of the attacked model or
+    # of the surrogate (black-box transfer, § 4.1); {source: (direction [N,C,H,W], source model name)}
+    direction = {"white-box": (objective_grad(model, x, y)[0].sign(), model.name)}
     if surrogate is not None:
         direction[f"transfer from {surrogate.name} seed {entry['surrogate'].get('seed', 0)}"] = \
-            objective_grad(surrogate, x, y)[0].sign()
+            (objective_grad(surrogate, x, y)[0].sign(), surrogate.name)
     base = {"model": model.name, "data": entry["data"]}
     rows, imgs, examples = [], [], {}
-    imgs.append(pd.DataFrame({**base, "image": names, "source": "clean", "eps": 0.0, "label": y.cpu().numpy(),
-                              "pred": pred0.cpu().numpy(), "correct": (pred0 == y).cpu().numpy(), "psnr": float("inf")}))
-    for source, d in direction.items():
+    imgs.append(pd.DataFrame({**base, "image": names, "source": "clean", "source_model": "", "eps": 0.0,
+                              "label": y.cpu().numpy(), "pred": pred0.cpu().numpy(),
+                              "correct": (pred0 == y).cpu().numpy(), "psnr": float("inf")}))
+    for source, (d, made_by) in direction.items():
         for eps in spec.strengths:
             xe = (x + eps * d).clamp(0, 1)
             maps, pred = maps_in_batches(model, xe, spec.explainers, spec.layers, spec.batch_size)
-            r = similarity_rows(clean, maps, names, metric_names, **base, source=source, eps=eps)
+            r = similarity_rows(clean, maps, names, metric_names, **base, source=source, source_model=made_by, eps=eps)
             rows.append(r.assign(mod_layer=r.explainer.map(mod_layer)))
-            imgs.append(pd.DataFrame({**base, "image": names, "source": source, "eps": eps, "label": y.cpu().numpy(),
+            imgs.append(pd.DataFrame({**base, "image": names, "source": source, "source_model": made_by, "eps": eps,
+                                      "label": y.cpu().numpy(),
                                       "pred": pred.cpu().numpy(), "correct": (pred == y).cpu().numpy(),
                                       "psnr": M.psnr(x, xe).cpu().numpy()}))
             if i == 0 and source == "white-box" and spec.examples:
@@ -179,24 +188,67 @@ def mod_per_layer_table(results: pd.DataFrame) -> pd.DataFrame:
             .reset_index())
 
 
+def mod_per_image_table(results: pd.DataFrame, mod_layers: str = "last") -> pd.DataFrame:
+    """The NISSIM each image adds to MOD (seed 003 eq. 2's summands): per model × source × explainer × eps
+    × image, its NISSIM at the MOD layer (``mod_layers="last"``) or its mean over layers (``"all"``).
+    The mean of ``nissim`` over the images of one eps is :func:`mod_vid_table`'s MOD."""
+    keys = ["model", "source", "explainer", "eps", "image"]
+    return _mod_rows(results, mod_layers).groupby(keys).nissim.mean().reset_index()
+
+
+def accuracy_psnr_table(images: pd.DataFrame) -> pd.DataFrame:
+    """Accuracy and PSNR per model × source × eps (seed 003 Tables 1–2, Fig. 3).
+
+    ``accuracy`` = fraction of the images whose prediction is their label (source ``clean``, eps 0:
+    the clean test set); ``psnr_db`` = mean over the images of each image's PSNR against its clean
+    image (:func:`advlens.metrics.psnr`; inf for the clean set); ``images`` = how many.
+    """
+    return (images.groupby(["model", "source", "eps"]).agg(accuracy=("correct", "mean"), psnr_db=("psnr", "mean"),
+                                                           images=("image", "count")).reset_index())
+
+
+#: the derived tables (``<name>.parquet`` beside ``results.parquet``) and what each holds
+DERIVED = {
+    "mod": "MOD per model × source × explainer × eps at the paper's layer (seed 003 eq. 2, § 4.4)",
+    "vid": "VID per model × source × explainer (seed 003 eqs. 3–4)",
+    "mod_per_layer": "MOD of every layer (our extension)",
+    "mod_per_image": "each image's NISSIM at the MOD layer (the summands of eq. 2)",
+    "accuracy_psnr": "accuracy and PSNR per model × source × eps (seed 003 Tables 1–2, Fig. 3)",
+}
+
+
+def derived(meta: dict, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Every number the report shows, from ``results`` and ``images`` (see :data:`DERIVED`).
+
+    ``meta["spec"]["mod_layers"]`` picks MOD's maps; a ``spec.json`` written before issue 16 has no such
+    key and its MOD averaged every layer (``"all"``).
+    """
+    mod_layers = meta["spec"].get("mod_layers", "all")
+    res = tables["results"]
+    mod, vid = mod_vid_table(res, mod_layers)
+    return {"mod": mod, "vid": vid, "mod_per_layer": mod_per_layer_table(res),
+            "mod_per_image": mod_per_image_table(res, mod_layers),
+            "accuracy_psnr": accuracy_psnr_table(tables["images"])}
+
+
 def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str, torch.Tensor]) -> Path:
+    """``report.html`` from the derived tables (computed here when a folder lacks them)."""
     spec = meta["spec"]
-    res, imgs = tables["results"], tables["images"]
+    if any(name not in tables for name in DERIVED):
+        tables = {**derived(meta, tables), **tables}
+    res = tables["results"]
+    mod, vid, per_layer, acc = (tables[n] for n in ("mod", "vid", "mod_per_layer", "accuracy_psnr"))
     figs = out / "figures"
     mod_layers = spec.get("mod_layers", "all")  # spec.json written before issue 16: MOD over all layers
-    mod, vid = mod_vid_table(res, mod_layers)
     keys = ["model", "source", "explainer"]
     wide = mod.pivot_table(index=keys, columns="eps", values="MOD").reset_index()
     wide = (mod.groupby(keys).agg(layer=("layer", "first"), images=("images", "max")).reset_index()
             .merge(wide, on=keys).merge(vid, on=keys))
-    per_layer = mod_per_layer_table(res)
     per_layer_wide = (per_layer.pivot_table(index=[*keys, "layer_index", "layer"] if "layer_index" in per_layer
                                             else [*keys, "layer"], columns="eps", values="MOD").reset_index())
-    acc = imgs.groupby(["model", "source", "eps"]).agg(accuracy=("correct", "mean"), psnr_db=("psnr", "mean"),
-                                                       images=("image", "count")).reset_index()
-    per_image = (_mod_rows(res, mod_layers).groupby([*keys, "eps", "image"]).nissim.mean().reset_index()
-                 .assign(curve=lambda d: d.model + " · " + d.source, eps=lambda d: d.eps.map(lambda e: f"{e:g}")))
-    eps_order = [f"{e:g}" for e in sorted(res.eps.unique())]
+    per_image = tables["mod_per_image"].assign(curve=lambda d: d.model + " · " + d.source,
+                                               eps=lambda d: d.eps.map(lambda e: f"{e:g}"))
+    eps_order = [f"{e:g}" for e in sorted(mod.eps.unique())]
     where = "last convolutional layer" if mod_layers == "last" else "mean over layers"
     f_mod = layer_shift_plot(figs / "mod_vs_eps.png", per_image, x="eps", y="nissim", hue="curve",
                              layer_order=eps_order, title=f"MOD (NISSIM, {where}) vs FGSM eps",
@@ -217,7 +269,8 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
             + ("one map per image at the last convolutional layer (§ 4.4; column 'layer')"
                if mod_layers == "last" else "and over every explained layer (mod_layers = 'all', not the paper's)")
             + "; 'images' = images averaged. VID: standard deviation of MOD across eps (eqs. 3–4). "
-              "Lower = more stable."), [f_mod], [wide]),
+              "Lower = more stable. Seed 003's Table 3 is the MOD of the transferred (black-box) attack, "
+              "§ 4.4; 'source' names the model that made each FGSM."), [f_mod], [wide]),
         Section("MOD per layer", "Our extension of seed 003 eq. 2: the mean NISSIM over the images at each "
                 "layer, per eps.", [], [per_layer_wide]),
         Section("Accuracy and PSNR per eps", "Seed 003 Tables 1–2 and Fig. 3, measured here.", [f_acc], [acc]),

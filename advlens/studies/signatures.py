@@ -29,7 +29,8 @@ from ._common import safe_name, units_per_chunk
 from .runner import Unit
 from .spec import StudySpec, register_study
 
-__all__ = ["SignaturesSpec", "plan", "report", "accuracy_table", "embed", "separability"]
+__all__ = ["SignaturesSpec", "plan", "report", "derived", "accuracy_table", "embed", "separability", "lrp_shift_table",
+           "DERIVED"]
 
 
 class SignaturesSpec(StudySpec):
@@ -165,12 +166,47 @@ def separability(sig: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str, torch.Tensor]) -> Path:
-    spec = meta["spec"]
+def lrp_shift_table(results: pd.DataFrame) -> pd.DataFrame:
+    """How far each attack moves the LRP map (the local view, seed 001 Fig. 3): per model × attacked
+    condition, the mean and standard deviation over the images of the cosine and L1 distance between
+    the clean and the attacked map, over all images and over the successful attacks only."""
+    rows = []
+    for (model, cond), r in results[results.condition != "clean"].groupby(["model", "condition"], sort=False):
+        for which, part in (("all", r), ("successful", r[r.success.astype(bool)])):
+            rows.append({"model": model, "condition": cond, "images": which, "n": len(part),
+                         "lrp_cosine_mean": part.lrp_cosine.mean(), "lrp_cosine_std": part.lrp_cosine.std(ddof=0),
+                         "lrp_l1_mean": part.lrp_l1.mean(), "lrp_l1_std": part.lrp_l1.std(ddof=0)})
+    return pd.DataFrame(rows)
+
+
+#: the derived tables (``<name>.parquet`` beside ``results.parquet``) and what each holds
+DERIVED = {
+    "accuracy": "seed 001 Table 1's 'Clear' columns per model (accuracy_table)",
+    "separability": "5-NN accuracy of clean vs attacked LRP signatures (separability)",
+    "embedding": "UMAP coordinates u0, u1 of every signature (Figs. 4-6; embed)",
+    "lrp_shift": "mean / std cosine and L1 of clean vs attacked LRP maps (lrp_shift_table)",
+}
+
+
+def derived(meta: dict, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Every number the report shows (see :data:`DERIVED`), from ``results`` and ``signatures``; UMAP and
+    the cross-validation are seeded with ``meta["spec"]["seed"]``. ``embedding`` keeps the identifying
+    columns of each signature (not its 256 values)."""
     res, sig = tables["results"], tables["signatures"]
+    seed = meta["spec"].get("seed", 0)
+    ids = [c for c in sig.columns if not (c.startswith("s") and c[1:].isdigit())]
+    return {"accuracy": accuracy_table(res), "separability": separability(sig, seed),
+            "embedding": embed(sig, seed)[[*ids, "u0", "u1"]], "lrp_shift": lrp_shift_table(res)}
+
+
+def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str, torch.Tensor]) -> Path:
+    """``report.html`` from the derived tables (computed here when a folder lacks them)."""
+    spec = meta["spec"]
+    if any(name not in tables for name in DERIVED):
+        tables = {**derived(meta, tables), **tables}
+    res, acc = tables["results"], tables["accuracy"]
     figs = out / "figures"
-    acc = accuracy_table(res)
-    emb = embed(sig, spec["seed"]).assign(
+    emb = tables["embedding"].assign(
         condition=lambda d: np.where((d.condition != "clean") & ~d.success.astype(bool), d.condition + " (failed)",
                                      d.condition),
         cls=lambda d: "class " + d.label.astype(str))
@@ -188,8 +224,10 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
                 "rates and the median minimal FGSM eps.", [], [acc]),
         Section("Global view: UMAP of LRP signatures", "LRP maps pooled to 16×16, embedded with UMAP per model; "
                 "the table gives the 5-NN accuracy of telling clean from attacked signatures (chance 0.5).",
-                [f_umap, f_cls], [separability(sig, spec["seed"])]),
-        Section("Local view: LRP of clean vs attacked", "How much each attack moves the LRP map.", [f_shift]),
+                [f_umap, f_cls], [tables["separability"]]),
+        Section("Local view: LRP of clean vs attacked", "How much each attack moves the LRP map: cosine and L1 "
+                "distance of the clean and the attacked map, over all images and over the successful attacks.",
+                [f_shift], [tables["lrp_shift"]]),
     ]
     grids = []
     for model_name in dict.fromkeys(k.split("|")[0] for k in examples):
