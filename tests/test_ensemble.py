@@ -41,9 +41,9 @@ def _auc(neg: torch.Tensor, pos: torch.Tensor) -> float:
 
 def test_ensemble_separates_pgd_on_held_out_digits(digits_model, digit_sets, tmp_path):
     """Measured (48 held-out digits, PGD ε 0.031, grad + cam, pixel features): AUC 0.93 vs clean, 0.90 vs
-    matched noise (fit on 300 train digits + the PGD examples made from them)."""
+    matched noise (fit on 300 train digits + the PGD examples made from them, ``train_attack="pgd"``)."""
     fit, x, adv, noise = digit_sets
-    det = EnsembleDetector().fit(digits_model, fit)  # defaults: grad + cam, pixel features
+    det = EnsembleDetector(train_attack="pgd", channels="abc").fit(digits_model, fit)  # grad, cam, grad·cam; pixels
     s_clean, s_adv, s_noise = det.score(x), det.score(adv), det.score(noise)
     assert ((0 <= s_adv) & (s_adv <= 1)).all()
     assert _auc(s_clean, s_adv) > 0.8 and _auc(s_noise, s_adv) > 0.75
@@ -54,7 +54,7 @@ def test_ensemble_separates_pgd_on_held_out_digits(digits_model, digit_sets, tmp
 
 def test_ensemble_cnn_backbone_and_given_adversarial_examples(digits_model, digit_sets):
     fit, x, adv, _ = digit_sets
-    det = make("ensemble", interpreters=["cam"], backbone="efficientnet_lite0", n_estimators=20)
+    det = make("ensemble", interpreters=["cam"], backbone="efficientnet_lite0", channels="abc", n_estimators=20)
     det.fit(digits_model, x[:24], x_adv=adv[:24])
     maps = det.maps(x[24:])
     img = det.stack(maps)
@@ -62,7 +62,7 @@ def test_ensemble_cnn_backbone_and_given_adversarial_examples(digits_model, digi
     feats = det.features(maps)
     assert feats.shape == (24, 24 + 40 + 80 + 112 + 192 + 1280) and torch.isfinite(feats).all()
     assert torch.equal(det.score(x[24:]), det.score_maps(maps))
-    two = EnsembleDetector(["grad", "cam"], backbone="pixels")
+    two = EnsembleDetector(["grad", "cam"], backbone="pixels", channels="abc")
     m2 = {"grad": torch.rand(2, 8, 8), "cam": torch.rand(2, 8, 8)}
     assert torch.equal(two.stack(m2)[:, 2], m2["grad"] * m2["cam"])  # Table IV's product channel
 
@@ -75,6 +75,14 @@ def test_ensemble_fails_clearly(digits_model, digit_sets):
         EnsembleDetector(["gard"])
     with pytest.raises(al.AdvlensError, match="unknown backbone"):
         EnsembleDetector(backbone="vgg99")
+    with pytest.raises(al.AdvlensError, match="unknown train_attack"):
+        EnsembleDetector(train_attack="advegde")
+    with pytest.raises(al.AdvlensError, match="channels must be one of"):
+        EnsembleDetector(channels="three")
+    with pytest.raises(al.AdvlensError, match="attack_options must be a dict"):
+        EnsembleDetector(attack_options=[("steps", 3)])
+    with pytest.raises(al.AdvlensError, match="cnn_epochs"):
+        EnsembleDetector(backbone="cnn", cnn_epochs=0)
     with pytest.raises(al.AdvlensError, match="not fitted yet"):
         EnsembleDetector().score(x)
     with pytest.raises(al.AdvlensError, match="unknown detector"):
@@ -85,3 +93,24 @@ def test_ensemble_fails_clearly(digits_model, digit_sets):
         EnsembleDetector(["cam"], backbone="pixels").fit(digits_model, x[:8], x_adv=adv[0])
     with pytest.raises(al.AdvlensError, match="maps of \\['grad'\\] are missing"):
         EnsembleDetector(["grad", "cam"]).stack({"cam": torch.rand(2, 8, 8)})
+
+
+def test_ensemble_file_saved_before_train_attack_loads_as_fitted(digits_model, tmp_path):
+    """A detector file whose params hold the old ``attack`` dict (no channels / train_attack) loads with
+    the behaviour it was fitted with: PGD training examples, the (a, b, a·b) stack."""
+    import json
+
+    g = torch.Generator().manual_seed(0)
+    clean = {"grad": torch.rand(20, 32, 32, generator=g) * 0.5, "cam": torch.rand(20, 32, 32, generator=g) * 0.5}
+    adv = {k: v + 0.4 for k, v in clean.items()}
+    det = EnsembleDetector(train_attack="pgd", channels="abc", n_estimators=5).fit_maps(digits_model, clean, adv)
+    path = det.save(tmp_path / "old.safetensors")
+    meta_path = path.with_name(path.name + ".json")
+    meta = json.loads(meta_path.read_text())
+    for key in ("channels", "train_attack", "attack_options", "cnn_epochs"):
+        del meta["params"][key]
+    meta["params"]["attack"] = {"method": "pgd", "eps": 0.031, "alpha": 0.031 / 8, "steps": 20}
+    meta_path.write_text(json.dumps(meta))
+    old = load(path, digits_model)
+    assert old.train_attack == "pgd" and old.attack_options == {"eps": 0.031, "alpha": 0.031 / 8, "steps": 20}
+    assert old.channels == "abc" and torch.equal(old.score_maps(adv), det.score_maps(adv))

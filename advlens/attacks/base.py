@@ -260,7 +260,8 @@ def attack(
             are per image, so chunking does not change an image's randomness); per-image
             results are concatenated, ``time_s`` summed, batch-level extras (e.g. DLFuzz's
             coverage) stacked one row per chunk.
-        **params: the method's parameters (``eps``, ``steps``, ``alpha``, …).
+        **params: the method's parameters (``eps``, ``steps``, ``alpha``, …); ``None`` for a parameter that
+            cannot be None means the attack's own default (as if it were not given).
 
     Example:
         >>> res = attack(model, x, y, method="pgd", eps=8/255, steps=10)
@@ -274,6 +275,9 @@ def attack(
     if chunk_size is not None and chunk_size != "auto":
         check_int(chunk_size, "chunk_size", 1)
     fn = _REGISTRY[method]
+    sig = inspect.signature(fn).parameters
+    # None for an option that cannot be None means "the attack's own default" (the CLI passes unset flags so)
+    params = {k: v for k, v in params.items() if v is not None or k not in sig or "None" in str(sig[k].annotation)}
     accepted = set(inspect.signature(fn).parameters) - {"model", "x", "y", "target", "seed"}
     bad = sorted(set(params) - accepted)
     if bad:

@@ -23,7 +23,7 @@ __all__ = ["pgd"]
 @register_attack("pgd")
 def pgd(
     model, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None, seed: int = 0,
-    eps: float = 8 / 255, alpha: float = 2 / 255, steps: int = 10, random_start: bool = True,
+    eps: float = 8 / 255, alpha: float | None = None, steps: int = 10, random_start: bool = True,
     loss_fn=None, explainer=None, weight: torch.Tensor | None = None,
 ) -> AttackResult:
     """L∞ PGD: ``x ← Π_{B(x0,eps) ∩ [0,1]}(x + alpha · w ⊙ sign(∇x J))`` for ``steps`` iterations.
@@ -35,7 +35,8 @@ def pgd(
     Args:
         seed: the random start, drawn per image from the image's content (:mod:`advlens._rng`), so
             results do not depend on the batch (its size, the other images, the order, ``chunk_size``).
-        eps: L∞ radius in (0, 1] ([0,1] pixel units). alpha: step size in (0, 1]. steps: iterations (≥ 1).
+        eps: L∞ radius in (0, 1] ([0,1] pixel units). alpha: step size in (0, 1]; None = ``eps / 4``
+            (torchattacks' 2/255 at its default 8/255). steps: iterations (≥ 1).
         random_start: start uniformly in the eps-ball (a bool). loss_fn, explainer: extra objective term,
             see :func:`~advlens.attacks.base.forward_penalty` (Python only).
         weight: optional ``[N,1|3,H,W]`` per-pixel weight ``N_w`` of the step (AdvEdge,
@@ -43,7 +44,8 @@ def pgd(
 
     Shape: ``x`` ``[N,3,H,W]`` in [0,1] → ``x_adv`` same shape, ``‖x_adv − x‖∞ ≤ eps``.
     """
-    eps, alpha = check_number(eps, "eps", 0, 1), check_number(alpha, "alpha", 0, 1)
+    eps = check_number(eps, "eps", 0, 1)
+    alpha = eps / 4 if alpha is None else check_number(alpha, "alpha", 0, 1)
     steps, random_start = check_int(steps, "steps", 1), check_bool(random_start, "random_start")
     check_objective(loss_fn, explainer)
     weight = check_weight(weight, x)

@@ -1,7 +1,8 @@
 """Pieces shared by the studies: loading, per-layer similarity rows, example maps."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pandas as pd
@@ -14,8 +15,22 @@ from ..explain import explain_many
 from ..explain.api import normalize_maps
 from ..models import ClassifierModel, load_model
 
-__all__ = ["load_entry", "maps_in_batches", "similarity_rows", "SIMILARITIES", "chunks", "entries", "safe_name",
+__all__ = ["Unit", "load_entry", "maps_in_batches", "similarity_rows", "SIMILARITIES", "chunks", "entries", "safe_name",
            "units_per_chunk", "entries_on_test_split"]
+
+
+@dataclass
+class Unit:
+    """One resumable piece of a study: ``run(*shared)`` returns ``{table: DataFrame}`` (``results`` required).
+
+    ``shared`` holds the large objects the unit reads (models, image sets), which many units share:
+    the Ray backend puts each into the object store once instead of pickling it with every task.
+    """
+
+    key: str
+    run: Callable[..., dict[str, Any]]
+    shared: tuple[Any, ...] = ()
+
 
 #: similarity metrics a study can record per layer (maps [N,H,W] -> [N])
 SIMILARITIES = {"cosine": M.cosine, "nissim": M.nissim, "ssim": M.ssim, "l1": M.l1, "iou": M.iou}
@@ -76,8 +91,6 @@ def safe_name(name: str) -> str:
 def units_per_chunk(spec, run) -> list:
     """One :class:`~advlens.studies.runner.Unit` per model entry × chunk of ``spec.batch_size`` images;
     ``run(model, batch, slice, chunk_index, entry)`` computes a chunk's tables."""
-    from .runner import Unit
-
     units = []
     for mi, entry in enumerate(entries(spec)):
         model, batch = load_entry(entry, spec)

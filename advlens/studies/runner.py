@@ -20,7 +20,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +29,7 @@ import torch
 from .._checks import AdvlensError, unknown_name
 from .._io import (atomic_write, check_not_inside, check_writable, read_manifest, remove_stale_temporaries, versions,
                    write_json, write_parquet)
+from ._common import Unit, entries
 from .spec import StudySpec, list_studies
 
 __all__ = ["Unit", "run_study", "build_report", "derived_tables", "read_tables", "report_folder", "runtime"]
@@ -37,19 +37,6 @@ __all__ = ["Unit", "run_study", "build_report", "derived_tables", "read_tables",
 log = logging.getLogger(__name__)
 
 Tables = dict[str, Any]  # table name -> DataFrame, or "examples" -> dict[str, Tensor]
-
-
-@dataclass
-class Unit:
-    """One resumable piece of a study: ``run(*shared)`` returns ``{table: DataFrame}`` (``results`` required).
-
-    ``shared`` holds the large objects the unit reads (models, image sets), which many units share:
-    the Ray backend puts each into the object store once instead of pickling it with every task.
-    """
-
-    key: str
-    run: Callable[..., Tables]
-    shared: tuple[Any, ...] = ()
 
 
 def _module(study: str):
@@ -75,8 +62,6 @@ def _check_out(out: Path, spec: StudySpec) -> None:
     inputs and writable. A study never writes into a folder it does not own."""
     if out.exists() and not out.is_dir():
         raise AdvlensError(f"--out {out} is an existing file, not a folder; choose another --out")
-    from ._common import entries
-
     inputs = [p for e in entries(spec) for p in (e.get("data"), e.get("weights")) if isinstance(p, str)]
     check_not_inside(out, [*inputs, *([spec.weights] if spec.weights else [])], "--out")
     if out.is_dir() and any(p.name != LOCK for p in out.iterdir()) and not (out / "spec.json").exists():

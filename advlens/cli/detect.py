@@ -8,16 +8,17 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ._checks import AdvlensError
+from .._checks import AdvlensError
+from ._args import common, data_args, load_images_for, output_dir, overwrite_arg, param_pairs, positive_float, positive_int
 
-__all__ = ["add_parser"]
+__all__ = ["add_parsers", "model_for"]
 
 
-def _model_for(args: argparse.Namespace, path: str | None = None):
+def model_for(args: argparse.Namespace, path: str | None = None):
     """``--model`` (+ ``--weights``), or the model a saved detector names in its ``.json``."""
     import json
 
-    from .models import load_model
+    from ..models import load_model
 
     name = args.model
     if path is not None and not Path(path).is_file():
@@ -31,27 +32,19 @@ def _model_for(args: argparse.Namespace, path: str | None = None):
     return load_model(name or "efficientnet_lite0", weights=args.weights, device=args.device)
 
 
-def _images(args: argparse.Namespace, model, split: str | None):
-    from .data import load_images
-
-    batch = load_images(args.images, size=model.input_size, split=None if split == "all" else split, seed=args.seed)
-    return (batch[: args.limit] if args.limit is not None else batch).to(model.device)
-
-
 def _cmd_fit(args: argparse.Namespace) -> None:
-    from .cli import _param_pairs
-    from .detect import DETECTORS, make
+    from ..detect import DETECTORS, make
 
-    from ._io import check_output_file
+    from .._io import check_output_file
 
     check_output_file(args.out, inputs=[args.images, args.weights], overwrite=args.overwrite)
     check_output_file(args.out + ".json", inputs=[args.images, args.weights], overwrite=args.overwrite)
-    params = _param_pairs(args.param)
+    params = param_pairs(args.param)
     if "seed" in getattr(DETECTORS.get(args.detector), "params", ()):
         params.setdefault("seed", args.seed)
     det = make(args.detector, **params)
-    model = _model_for(args)
-    batch = _images(args, model, args.split)
+    model = model_for(args)
+    batch = load_images_for(args, model, args.split)
     det.fit(model, batch.x)
     path = det.save(args.out)
     print(f"fitted {det!r} on {len(batch)} images (threshold {det.threshold:.4g}); wrote {path} and {path}.json")
@@ -60,14 +53,14 @@ def _cmd_fit(args: argparse.Namespace) -> None:
 def _cmd_score(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from ._io import check_output_file, write_parquet
-    from .detect import load
+    from .._io import check_output_file, write_parquet
+    from ..detect import load
 
     if args.out:
         check_output_file(args.out, inputs=[args.images, args.detector_file], overwrite=args.overwrite)
-    model = _model_for(args, args.detector_file)
+    model = model_for(args, args.detector_file)
     det = load(args.detector_file, model)
-    batch = _images(args, model, args.split)
+    batch = load_images_for(args, model, args.split)
     score = det.score(batch.x).cpu()
     rows = pd.DataFrame({"image": batch.names, "score": score.double().numpy(),
                          "flagged": (score > det.threshold).numpy(),
@@ -81,19 +74,19 @@ def _cmd_score(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     import pandas as pd
 
-    from ._io import write_json, write_parquet
-    from .attacks import attack
-    from .cli import _param_pairs, output_dir
-    from .detect import load
-    from .report.detection import roc_plot
-    from .studies.detection import detection_table, strength_inputs
+    from .._io import write_json, write_parquet
+    from ..attacks import attack
+    from ..detect import load
+    from ..report.detection import roc_plot
+    from ..studies.detection import detection_table, strength_inputs
 
     out = output_dir(args, "detect eval", args.images, args.detector_file, args.weights)
-    model = _model_for(args, args.detector_file)
+    model = model_for(args, args.detector_file)
     det = load(args.detector_file, model)
-    batch = _images(args, model, args.split)
-    params = {"eps": args.eps, "steps": args.steps, "alpha": args.alpha or args.eps / 8} if args.attack == "pgd" else {}
-    params.update(_param_pairs(args.param))
+    batch = load_images_for(args, model, args.split)
+    params = {"eps": args.eps, "steps": args.steps, "alpha": args.alpha} if args.attack == "pgd" else {}
+    params = {k: v for k, v in params.items() if v is not None}  # unset: the attack's own default
+    params.update(param_pairs(args.param))
     res = attack(model, batch.x, None, args.attack, seed=args.seed, **params)
     inputs = strength_inputs(batch.x, res.x_adv, args.strengths, args.seed)
     rows = []
@@ -115,9 +108,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     print(f"attack success {res.success_rate:.1%} on {len(batch)} held-out images; wrote {args.out}")
 
 
-def add_parser(sub, common, data_args) -> None:
+def add_parsers(sub) -> None:
     """Register ``advlens detect`` and its three subcommands on the main parser's ``sub``."""
-    from .cli import overwrite_arg, positive_float, positive_int
+    from ..detect import DETECTORS
 
     p = sub.add_parser("detect", help="fit, apply and evaluate adversarial-input detectors (seeds 002, 004)")
     dsub = p.add_subparsers(dest="detect_command", required=True)
@@ -131,8 +124,8 @@ def add_parser(sub, common, data_args) -> None:
 
     sp = dsub.add_parser("fit", help="fit a detector on clean images (the train split) and save it")
     shared(sp, "train", "advlens-detector.safetensors")
-    sp.add_argument("--detector", default="behavior", help="behavior (seed 002), noisecam (seed 002) or ensemble "
-                    "(seed 004)")
+    sp.add_argument("--detector", default="behavior",
+                    help=f"{', '.join(DETECTORS)}: behavior and noisecam (seed 002), ensemble (seed 004)")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE",
                     help="detector parameter, e.g. --param copies=50 --param interpreters=grad,cam (repeatable)")
     sp.set_defaults(fn=_cmd_fit)
@@ -150,7 +143,7 @@ def add_parser(sub, common, data_args) -> None:
     sp.add_argument("--attack", default="pgd", help="attack method (default pgd)")
     sp.add_argument("--eps", type=positive_float, default=0.031, help="PGD L-inf budget (default 0.031)")
     sp.add_argument("--steps", type=positive_int, default=20, help="PGD steps (default 20)")
-    sp.add_argument("--alpha", type=positive_float, default=None, help="PGD step (default eps/8)")
+    sp.add_argument("--alpha", type=positive_float, default=None, help="PGD step (default: the attack's, eps/4)")
     sp.add_argument("--strengths", type=positive_float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0],
                     help="perturbation scales (seed 002: 0.25 … 4)")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE", help="other attack parameters (repeatable)")

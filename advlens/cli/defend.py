@@ -10,22 +10,24 @@ from __future__ import annotations
 
 import argparse
 
-__all__ = ["add_parser"]
+from ._args import (common, data_args, load_images_for, natural_float, overwrite_arg, param_pairs, positive_float,
+                    positive_int)
+
+__all__ = ["add_parsers"]
 
 RECIPES = ("retrain-fgsm", "retrain-onepixel", "pgd_at", "robust")
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from .cli import _param_pairs
-    from .data import load_images
-    from .defend.recipes import adversarial_train, retrain, save_model
-    from ._io import check_output_file
-    from .models import load_model
+    from ..data import load_images
+    from ..defend.recipes import adversarial_train, retrain, save_model
+    from .._io import check_output_file
+    from ..models import load_model
 
     check_output_file(args.out, inputs=[args.weights, args.checkpoint], overwrite=args.overwrite)
     model = load_model(f"small_vgg_{args.data}", weights=args.weights, device=args.device)
     common = dict(epochs=args.epochs, seed=args.seed, checkpoint=args.checkpoint, progress=not args.quiet)
-    extra = _param_pairs(args.param)
+    extra = param_pairs(args.param)
     if args.recipe.startswith("retrain-"):
         method = args.recipe.split("-", 1)[1]
         if method == "fgsm":
@@ -44,21 +46,20 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from .attacks import attack
-    from .cli import _param_pairs
-    from .cli_detect import _images
-    from .defend import wrap
-    from .models import load_model
+    from ..attacks import attack
+    from ..defend import wrap
+    from ..models import load_model
 
     model = load_model(args.model, weights=args.weights, device=args.device)
-    defended = wrap(model, args.defense, seed=args.seed, **_param_pairs(args.defense_param))
-    batch = _images(args, model, "test")
+    defended = wrap(model, args.defense, seed=args.seed, **param_pairs(args.defense_param, "--defense-param"))
+    batch = load_images_for(args, model, "test")
     x, y = batch.x, batch.y
     if y is None:
         y = model.predict(x)
-    params = {"eps": args.eps, "steps": args.steps, "alpha": args.alpha or args.eps / 8} if args.attack == "pgd" \
+    params = {"eps": args.eps, "steps": args.steps, "alpha": args.alpha} if args.attack == "pgd" \
         else {"eps": args.eps} if args.attack == "fgsm" else {}
-    params.update(_param_pairs(args.param))
+    params = {k: v for k, v in params.items() if v is not None}  # unset: the attack's own default
+    params.update(param_pairs(args.param, "--param"))
     views = {"transfer": model, "plain": defended, "adaptive": defended.adaptive(args.eot)}
 
     def acc(m, xs) -> float:
@@ -71,9 +72,9 @@ def _cmd_eval(args: argparse.Namespace) -> None:
         print(f"  {args.attack} {mode:>8}: {acc(defended, x_adv):.2%}")
 
 
-def add_parser(sub, common, data_args) -> None:
+def add_parsers(sub) -> None:
     """Register ``advlens defend train|eval`` on the main parser's ``sub``."""
-    from .cli import natural_float, overwrite_arg, positive_float, positive_int
+    from ..defend.transforms import TRANSFORMS
 
     p = sub.add_parser("defend", help="robust training and defenses under plain vs adaptive attacks (seeds 001, 004)")
     dsub = p.add_subparsers(dest="defend_command", required=True)
@@ -108,13 +109,13 @@ def add_parser(sub, common, data_args) -> None:
     sp = dsub.add_parser("eval", help="accuracy of a model behind an input transform: clean, transfer, plain, adaptive")
     common(sp, None)
     data_args(sp)
-    sp.add_argument("--defense", required=True, help="median, squeeze, blur, jpeg or noise")
+    sp.add_argument("--defense", required=True, help=f"input transform: {', '.join(TRANSFORMS)}")
     sp.add_argument("--defense-param", action="append", metavar="KEY=VALUE",
                     help="transform parameter, e.g. k=3, bits=3, sigma=1, quality=75 (repeatable)")
     sp.add_argument("--attack", default="pgd", help="attack method (default pgd)")
     sp.add_argument("--eps", type=positive_float, default=0.031, help="L-inf budget of fgsm/pgd (default 0.031)")
     sp.add_argument("--steps", type=positive_int, default=20, help="PGD steps (default 20)")
-    sp.add_argument("--alpha", type=positive_float, default=None, help="PGD step (default eps/8)")
+    sp.add_argument("--alpha", type=positive_float, default=None, help="PGD step (default: the attack's, eps/4)")
     sp.add_argument("--eot", type=positive_int, default=8, help="EOT draws against random transforms (default 8)")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE", help="other attack parameters (repeatable)")
     sp.set_defaults(fn=_cmd_eval)

@@ -1,0 +1,105 @@
+"""``advlens attack``: attack a model and save the adversarial images with a results table."""
+from __future__ import annotations
+
+import argparse
+
+from .._checks import AdvlensError
+from ._args import (batch_size_arg, common, data_args, load_model_and_images, output_dir, param_pairs, positive_float,
+                    positive_int, speed_args)
+
+__all__ = ["add_parsers", "attack_params"]
+
+_INTERPRETATION_ATTACKS = ("adv2", "advedge", "advedge+")
+
+
+def attack_params(args: argparse.Namespace) -> dict[str, object]:
+    """What ``--eps/--steps/--alpha`` mean for each attack, plus ``--param KEY=VALUE`` pairs. Unset flags
+    are None: the attack's own default (e.g. PGD's ``alpha = eps / 4``)."""
+    m, steps = args.method, args.steps
+    params: dict[str, object] = {
+        "fgsm": {"eps": args.eps},
+        "ifgsm": {"max_eps": args.eps, "eps_step": None if args.eps is None else min(1 / 255, args.eps)},
+        "pgd": {"eps": args.eps, "steps": steps, "alpha": args.alpha},
+        "dlfuzz": {"iterations": steps},
+        "onepixel": {"iterations": steps},
+        "cw": {"steps": steps},
+        "stadv": {"steps": steps},
+    }.get(m, {})
+    if m in _INTERPRETATION_ATTACKS:
+        params = {"steps": steps, "base": args.base, "interpreter": args.interpreter}
+        if args.base == "pgd":
+            params.update(eps=args.eps, alpha=args.alpha)
+    params = {k: v for k, v in params.items() if v is not None}
+    params.update(param_pairs(args.param))
+    return params
+
+
+def _target(args: argparse.Namespace, model, batch):
+    """None (untargeted), one class for all images, or seed 004's random y_t = (y + randint(1, C)) mod C."""
+    import torch
+
+    if args.target is None:
+        return None
+    if args.target != "random":
+        try:
+            return int(args.target)
+        except ValueError:
+            raise AdvlensError(f"--target must be a class index or 'random', got {args.target!r}") from None
+    with torch.no_grad():
+        y = batch.y if (args.use_labels and batch.y is not None) else model.predict(batch.x)
+    gen = torch.Generator().manual_seed(args.seed)
+    c = len(model.labels)
+    return ((y.cpu() + torch.randint(1, c, (len(y),), generator=gen)) % c).to(batch.x.device)
+
+
+def _cmd_attack(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from .. import metrics
+    from .._io import unique_file_names, write_parquet
+    from ..attacks import attack
+    from ..data import save_images
+
+    out = output_dir(args, "attack", args.images, args.weights)
+    model, batch = load_model_and_images(args)
+    res = attack(model, batch.x, batch.y if args.use_labels else None, method=args.method, seed=args.seed,
+                 target=_target(args, model, batch), chunk_size=args.chunk_size, **attack_params(args))
+    files = [f"{n}_adv" for n in unique_file_names(batch.names)]
+    rows = pd.DataFrame({
+        "image": batch.names, "file": [f"images/{f}.png" for f in files], "label": [model.labels[int(i)] for i in res.y],
+        "adv_pred": [model.labels[int(i)] for i in res.pred], "success": res.success.cpu().numpy(),
+        "confidence": res.confidence.cpu().numpy(), "psnr": metrics.psnr(batch.x, res.x_adv).cpu().numpy(),
+    })
+    if "eps" in res.extras:  # ifgsm: the smallest eps that flipped each image
+        rows["min_eps"] = res.extras["eps"].cpu().numpy()
+    with out.writing() as tmp:
+        save_images(res.x_adv, files, tmp / "images")
+        write_parquet(rows, tmp / "results.parquet")
+    print(rows.to_string(index=False))
+    print(f"success rate {res.success_rate:.1%} in {res.time_s:.1f} s; wrote {args.out}")
+
+
+def add_parsers(sub) -> None:
+    """Register ``attack``."""
+    from ..attacks import list_attacks
+
+    sp = sub.add_parser("attack", help="attack a model and save the adversarial images")
+    common(sp, "advlens-attack")
+    speed_args(sp)
+    data_args(sp)
+    sp.add_argument("--method", default="pgd", help=f"attack: {', '.join(list_attacks())} (default pgd)")
+    sp.add_argument("--eps", type=positive_float, default=8 / 255,
+                    help="L-inf budget in [0,1] units (default 8/255); for ifgsm the largest eps tried")
+    sp.add_argument("--steps", type=positive_int, default=10,
+                    help="iterations: PGD, C&W, StAdv, ADV²/AdvEdge steps; DLFuzz iterations; one-pixel generations")
+    sp.add_argument("--alpha", type=positive_float, default=None,
+                    help="PGD step (default: the attack's, eps/4 for pgd and 1/255 for adv2/advedge)")
+    sp.add_argument("--target", default=None, help="targeted attack: a class index, or 'random' (seed 004's y_t)")
+    sp.add_argument("--interpreter", default="cam", help="adv2/advedge/advedge+: grad, cam, gradcam, layercam, mask, rts")
+    sp.add_argument("--base", default="pgd", help="adv2/advedge/advedge+: base framework pgd, cw or stadv")
+    sp.add_argument("--param", action="append", metavar="KEY=VALUE",
+                    help="any other attack parameter, e.g. --param pixels=3 --param lam=20 (repeatable)")
+    sp.add_argument("--use-labels", action="store_true", help="attack the data set's labels, not the predictions")
+    sp.add_argument("--chunk-size", type=batch_size_arg, default=None,
+                    help="attack at most N images at once, or 'auto' (fits free memory); default: all at once")
+    sp.set_defaults(fn=_cmd_attack)
