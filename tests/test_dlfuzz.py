@@ -15,7 +15,8 @@ from advlens.metrics import CoverageTracker, neuron_coverage, neuron_values
 from advlens.metrics.coverage import scaled_channel_means
 
 MEAN, STD = (0.5, 0.25, 0.375), (0.25, 0.5, 0.125)  # exact in float32 (the wrapper's buffers)
-SIZES = (4, 3, 5)  # channels of layers "1" (ReLU conv), "3" (tanh conv), "7" (tanh dense)
+SIZES = (4, 3, 3, 5, 6)  # DLFuzz's layers: "1" (ReLU conv), "3" (tanh conv), "4" (pool), "7" (tanh dense), "8" (logits)
+EXPLAINED = (0, 1, 3)  # the explainable layers "1", "3", "7" among them
 
 
 @pytest.fixture(scope="module")
@@ -35,13 +36,14 @@ def x_tiny() -> torch.Tensor:
 
 
 def _hand_outputs(model, x):
-    """Layer outputs [1]: [N,4,6,6], [3]: [N,3,6,6], [7]: [N,5] and logits, written out by hand."""
+    """Layer outputs [1]: [N,4,6,6], [3]: [N,3,6,6], [4]: [N,3,1,1], [7]: [N,5], [8]: [N,6] and logits, by hand."""
     net = model.net
     z = (x - torch.tensor(MEAN, dtype=x.dtype).view(1, 3, 1, 1)) / torch.tensor(STD, dtype=x.dtype).view(1, 3, 1, 1)
     a1 = torch.clamp(F.conv2d(z, net[0].weight, net[0].bias, padding=1), min=0)
     a3 = torch.tanh(F.conv2d(a1, net[2].weight, net[2].bias, padding=1))
     h = torch.tanh(a3.mean((2, 3)) @ net[6].weight.T + net[6].bias)
-    return [a1, a3, h], h @ net[8].weight.T + net[8].bias
+    logits = h @ net[8].weight.T + net[8].bias
+    return [a1, a3, a3.mean((2, 3), keepdim=True), h, logits], logits
 
 
 def _hand_values(model, x):
@@ -110,10 +112,14 @@ def test_objective_gradient_matches_finite_differences(tiny, x_tiny):
 def test_neuron_values_and_coverage_match_hand_computation(tiny, x_tiny):
     got = neuron_values(tiny, x_tiny)
     want = _hand_values(tiny, x_tiny)
-    assert list(got) == ["1", "3", "7"]
+    assert list(got) == ["1", "3", "4", "7", "8"]  # DLFuzz's layers: conv, conv, pool, dense, dense
     for g, w, k in zip(got.values(), want, SIZES):
         assert g.shape == (3, k)
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-12)
+    explained = neuron_values(tiny, x_tiny, layers="explained")
+    assert list(explained) == ["1", "3", "7"]
+    for g, i in zip(explained.values(), EXPLAINED):
+        torch.testing.assert_close(g, want[i], rtol=1e-10, atol=1e-12)
     allv = torch.cat(want, 1)
     for t in (0.1, 0.25, 0.5):
         hand = float((allv > t).any(0).double().mean())
@@ -127,12 +133,13 @@ def test_neuron_values_and_coverage_match_hand_computation(tiny, x_tiny):
 def test_tracker_counts_gains_and_monotone_coverage(tiny, x_tiny):
     tr = CoverageTracker(tiny, threshold=0.25)
     assert tr.coverage == 0.0 and tr.times == {}
-    hits = torch.cat(_hand_values(tiny, x_tiny), 1) > 0.25  # [3,12]
+    total = sum(SIZES)
+    hits = torch.cat(_hand_values(tiny, x_tiny), 1) > 0.25  # [3,21]
     gain = tr.update(x_tiny)
     assert torch.equal(tr.times_flat, hits.long().sum(0))
-    seen = torch.zeros(12, dtype=torch.bool)
+    seen = torch.zeros(total, dtype=torch.bool)
     for i in range(3):  # each input's gain = neurons it covers first, in batch order
-        assert gain[i].item() == pytest.approx(float((hits[i] & ~seen).sum()) / 12)
+        assert gain[i].item() == pytest.approx(float((hits[i] & ~seen).sum()) / total)
         seen |= hits[i]
     assert float(gain.sum()) == pytest.approx(tr.coverage)
     snapshot = tr.copy()
@@ -160,7 +167,7 @@ def digits_xy(digits_model, digits_test):
 
 @pytest.fixture(scope="module")
 def tracked(digits_model, digits_xy):
-    tr = CoverageTracker(digits_model)
+    tr = CoverageTracker(digits_model, layers="explained")  # the six ReLU layers: 224 neurons
     tr.update(digits_xy[0][:16])
     return tr
 
@@ -176,7 +183,7 @@ def test_strategies_pick_distinct_neurons_deterministically(tracked, digits_xy, 
     again = select_neurons(tracked, x, strategy, neurons=10, generator=torch.Generator().manual_seed(5))
     assert torch.equal(index, again[0]) and torch.equal(sign, again[1])
     if strategy == 3:  # negated neurons sit just below the threshold, maximized ones just above
-        values = torch.cat(list(neuron_values(tracked.model, x).values()), 1).gather(1, index)
+        values = torch.cat(list(neuron_values(tracked.model, x, tracked.layers).values()), 1).gather(1, index)
         below, above = sign < 0, (sign > 0) & (values > 0.25) & (values < 0.5)
         assert ((values[below] > 0.05) & (values[below] < 0.25)).all()
         assert (below.sum(1) + above.sum(1) == 10).all()
@@ -230,7 +237,10 @@ def test_attack_default_budget(digits_model, digits_xy):
     assert curve.shape == (9,) and (curve.diff() >= 0).all()
     assert ex["coverage_before"] == curve[0] and ex["coverage_after"] == curve[-1]
     assert ex["coverage_after"] >= ex["coverage_before"]
-    assert res.params["strategy"] == 1 and res.params["max_rel_l2"] == 0.02 and len(res.params["layers"]) == 6
+    assert res.params["strategy"] == 1 and res.params["max_rel_l2"] == 0.02
+    assert res.params["layers"] == [  # DLFuzz's layers: the convs (after their ReLU), the pools, the dense layer
+        "block1_conv1", "block1_conv2", "features.block1_pool", "block2_conv1", "block2_conv2",
+        "features.block2_pool", "block3_conv1", "block3_conv2", "fc"]
 
 
 def test_attack_succeeds_with_larger_steps(digits_model, digits_xy):
@@ -277,6 +287,6 @@ def test_bad_selection_calls(tiny, x_tiny):
     with pytest.raises(AdvlensError, match="strategy"):
         select_neurons(tr, x_tiny, 7)
     with pytest.raises(AdvlensError, match="exceeds"):
-        select_neurons(tr, x_tiny, 1, neurons=13)
+        select_neurons(tr, x_tiny, 1, neurons=22)
     with pytest.raises(AdvlensError, match="scores"):
         dlfuzz_objective(tiny, x_tiny, torch.tensor([0, 1, 2]), torch.tensor([0]), scores="prob")

@@ -37,10 +37,11 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from .._checks import AdvlensError, check_choice, check_images, check_int, check_layers, check_number
+from .._checks import AdvlensError, check_choice, check_images, check_int, check_number
 from .._rng import image_generators
 from ..explain.engine import check_model
-from ..metrics.coverage import CoverageTracker, channel_means, layer_outputs_pass, scaled_channel_means
+from ..metrics.coverage import (CoverageTracker, NeuronLayer, hook_runs, channel_means, coverage_layers,
+                                layer_outputs_pass, scaled_channel_means)
 from ..models.wrapper import ClassifierModel
 from .base import AttackResult, finish, register_attack
 
@@ -88,22 +89,24 @@ def _other_classes(s: torch.Tensor, y: torch.Tensor, top_k: int) -> torch.Tensor
 
 def _objective(
     model: ClassifierModel, x: torch.Tensor, y: torch.Tensor, index: torch.Tensor, sign: torch.Tensor,
-    others: torch.Tensor | None, predict_weight: float, lam: float, top_k: int, scores: str, names: list[str],
+    others: torch.Tensor | None, predict_weight: float, lam: float, top_k: int, scores: str,
+    layers: list[NeuronLayer],
 ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
     """One forward: ``(L [N], logits [N,C], {layer: output})`` (see the module docstring)."""
-    logits, outputs = layer_outputs_pass(model, x, names)
+    logits, outputs = layer_outputs_pass(model, x, layers)
     s = logits.softmax(1) if scores == "probs" else logits
     if others is None:
         others = _other_classes(s, y, top_k)
     pred_term = predict_weight * s.gather(1, others).sum(1) - s.gather(1, y[:, None]).squeeze(1)
-    acts = torch.cat([channel_means(outputs[n]) for n in names], 1)  # [N,T] raw spatial means
+    acts = torch.cat([channel_means(out) for out in outputs.values()], 1)  # [N,T] raw spatial means
     return pred_term + lam * (acts.gather(1, index) * sign).sum(1), logits, outputs
 
 
 def dlfuzz_objective(
     model: ClassifierModel, x: torch.Tensor, y: torch.Tensor, neurons: torch.Tensor,
     signs: torch.Tensor | None = None, others: torch.Tensor | None = None, predict_weight: float = 0.5,
-    lam: float = 0.5, top_k: int = 4, scores: str = "probs", layers: str | Sequence[str] = "all",
+    lam: float = 0.5, top_k: int = 4, scores: str = "probs",
+    layers: str | Sequence[str] | Sequence[NeuronLayer] = "dlfuzz",
 ) -> torch.Tensor:
     r"""The DLFuzz objective ``L`` per image (module docstring; REFERENCE.md DLFuzz, seed 000 eq. 8).
 
@@ -112,6 +115,8 @@ def dlfuzz_objective(
     Args:
         neurons: ``long [N,M]`` or ``[M]`` selected neurons as flat indices over the channels of
             ``layers`` concatenated in order (layer 1's ``K_1`` channels, then layer 2's, …).
+        layers: ``"dlfuzz"`` (DLFuzz's layers, default), ``"explained"`` or names
+            (:func:`~advlens.metrics.coverage.coverage_layers`).
         signs: ``[N,M]`` or ``[M]`` of ±1 (0 switches a slot off); default all +1.
         others: ``long [N,top_k]`` the competing classes; default: the ``top_k`` best classes of
             ``x`` other than ``y`` (DLFuzz fixes them from the seed's prediction).
@@ -123,12 +128,12 @@ def dlfuzz_objective(
     Shape: ``x`` ``[N,3,H,W]`` in [0,1], ``y`` ``[N]`` → ``[N]``.
     """
     model = check_model(model)
-    names = model.resolve_layers(check_layers(layers))
+    found = coverage_layers(model, layers)
     scores, top_k = _check_scores(scores), _check_top_k(top_k, len(model.labels))
     index = torch.as_tensor(neurons, device=x.device).long().expand(len(x), -1)
     sign = torch.ones_like(index, dtype=x.dtype) if signs is None else torch.as_tensor(signs).to(x).expand_as(index)
     y = torch.as_tensor(y, device=x.device).long()
-    return _objective(model, x, y, index, sign, others, predict_weight, lam, top_k, scores, names)[0]
+    return _objective(model, x, y, index, sign, others, predict_weight, lam, top_k, scores, found)[0]
 
 
 def _uniform(shape: tuple[int, int], gen: torch.Generator | Sequence[torch.Generator],
@@ -155,40 +160,29 @@ def _pick(weight: torch.Tensor, count: torch.Tensor, gen: torch.Generator | Sequ
     return rank < count[:, None]
 
 
-def _producer_weight_means(model: ClassifierModel, names: list[str], sizes: list[int], x1: torch.Tensor):
+def _producer_weight_means(model: ClassifierModel, layers: list[NeuronLayer], sizes: list[int], x1: torch.Tensor):
     """Mean kernel weight per neuron, ``float64 [T]``, of the conv/linear producing each layer (NaN: unknown).
 
     The producer is the last ``Conv{1,2,3}d`` / ``Linear`` run (one traced forward) before the layer
     outputs, and only if its output count equals the layer's ``K`` (in residual blocks that can be the
-    shortcut conv). Hooks are removed in ``finally``.
+    shortcut conv; for a pooling layer, the conv before it).
     """
     kinds = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
     order: list[nn.Module] = []
     snap: dict[str, int] = {}
-    handles = []
+    ends = {(id(l.module), l.call): l.name for l in layers}
 
-    def ran(mod: nn.Module, inp: object, out: object) -> None:
-        order.append(mod)
+    def ran(mod: nn.Module, k: int, inp: tuple, out: object) -> None:
+        if isinstance(mod, kinds):
+            order.append(mod)
+        if (id(mod), k) in ends:
+            snap.setdefault(ends[(id(mod), k)], len(order))
 
-    def mark(name: str):
-        def fn(mod: nn.Module, inp: object, out: object) -> None:
-            snap.setdefault(name, len(order))
-
-        return fn
-
-    try:
-        for m in model.net.modules():
-            if isinstance(m, kinds):
-                handles.append(m.register_forward_hook(ran))
-        for n in names:
-            handles.append(model.layers[n].register_forward_hook(mark(n)))
-        with torch.no_grad():
-            model(x1)
-    finally:
-        for h in handles:
-            h.remove()
+    convs = [m for m in model.net.modules() if isinstance(m, kinds)]
+    with torch.no_grad(), hook_runs(model, convs + [l.module for l in layers], ran):
+        model(x1)
     means = []
-    for n, k in zip(names, sizes):
+    for n, k in zip([l.name for l in layers], sizes):
         prod = order[snap[n] - 1] if snap.get(n, 0) > 0 else None
         ok = prod is not None and prod.weight.shape[0] == k
         means.append(prod.weight.detach().flatten(1).mean(1).double() if ok
@@ -206,7 +200,7 @@ def _select(
     count = torch.full((n,), m, dtype=torch.long, device=values.device)
     sign = torch.ones(n, m, dtype=values.dtype, device=values.device)
     if strategy == 2:
-        means = _producer_weight_means(tracker.model, tracker.names, tracker.sizes, x1)
+        means = _producer_weight_means(tracker.model, tracker.layers, tracker.sizes, x1)
         valid = torch.isfinite(means) & (means > 0)
         if not valid.any():
             log.warning("dlfuzz strategy 2: no producing conv/linear with positive mean weight; using strategy 1")
@@ -272,7 +266,7 @@ def select_neurons(
     if m > tracker.total:
         raise AdvlensError(f"neurons={m} exceeds the {tracker.total} neurons of the tracked layers")
     with torch.no_grad():
-        values, dense = _values_dense(layer_outputs_pass(tracker.model, x, tracker.names)[1], tracker.names)
+        values, dense = _values_dense(layer_outputs_pass(tracker.model, x, tracker.layers)[1], tracker.names)
     gen = image_generators(x, 0) if generator is None else generator
     if not isinstance(gen, torch.Generator) and len(gen) != len(x):
         raise AdvlensError(f"generator must be one torch.Generator or one per image ({len(x)}), got {len(gen)}")
@@ -284,7 +278,7 @@ def dlfuzz(
     model: ClassifierModel, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None, seed: int = 0,
     strategy: int | None = 1, neurons: int = 10, threshold: float = 0.25, lam: float = 0.5,
     predict_weight: float = 0.5, top_k: int = 4, scores: str = "probs", step: float = 0.5 / 255,
-    iterations: int = 3, max_rel_l2: float | None = 0.02, layers: str | Sequence[str] = "all",
+    iterations: int = 3, max_rel_l2: float | None = 0.02, layers: str | Sequence[str] = "dlfuzz",
     tracker: CoverageTracker | None = None,
 ) -> AttackResult:
     """DLFuzz gradient ascent on the objective of the module docstring (seed 000 §III-D; REFERENCE.md).
@@ -308,7 +302,10 @@ def dlfuzz(
         neurons: neurons per image (10). threshold: coverage threshold (0.25).
         lam, predict_weight, top_k, scores: ``λ``, ``w``, competing classes, ``"probs"|"logits"``.
         step: step in [0,1] units (0.5/255 ≈ DLFuzz's 0.5 in 0–255 units). iterations: 3 (seed 000: 1).
-        max_rel_l2: stopping bound (None: off). layers: the layers whose channels are neurons.
+        max_rel_l2: stopping bound (None: off).
+        layers: the layers whose channels are neurons: ``"dlfuzz"`` (default: every conv, pooling and
+            dense layer, as DLFuzz), ``"explained"`` (the explainable layers only) or names
+            (:func:`~advlens.metrics.coverage.coverage_layers`). Ignored when ``tracker`` is given.
         tracker: a :class:`~advlens.metrics.coverage.CoverageTracker` to continue (updated in
             place; pass ``tracker.copy()`` to keep yours); default a fresh one over this batch.
 
@@ -333,15 +330,15 @@ def dlfuzz(
         max_rel_l2 = _number(max_rel_l2, "max_rel_l2", positive=True)
     given = tracker is not None
     if tracker is None:
-        tracker = CoverageTracker(model, threshold, check_layers(layers))
+        tracker = CoverageTracker(model, threshold, layers)
     elif not isinstance(tracker, CoverageTracker) or tracker.model is not model:
         raise AdvlensError("tracker must be a CoverageTracker built on the attacked model")
-    names = tracker.names
+    names, found = tracker.names, tracker.layers
     start = time.perf_counter()
     x0 = x.detach()
 
     with torch.no_grad():
-        logits, outputs = layer_outputs_pass(model, x0, names)
+        logits, outputs = layer_outputs_pass(model, x0, found)
     values, dense = _values_dense(outputs, names)
     if m > len(dense):
         raise AdvlensError(f"neurons={m} exceeds the {len(dense)} neurons of the tracked layers")
@@ -379,7 +376,7 @@ def dlfuzz(
         with torch.enable_grad():
             xa = cur[idx].requires_grad_(True)
             obj, logits, outputs = _objective(model, xa, y[idx], index[idx], sign[idx], others[idx],
-                                              predict_weight, lam, top_k, scores, names)
+                                              predict_weight, lam, top_k, scores, found)
             go = ~assess(idx, logits, outputs) if t > 0 else torch.ones_like(idx, dtype=torch.bool)
             if go.any():
                 (g,) = torch.autograd.grad(obj[go].sum(), xa)
@@ -392,7 +389,7 @@ def dlfuzz(
     idx = active.nonzero().squeeze(1)
     if idx.numel():
         with torch.no_grad():
-            assess(idx, *layer_outputs_pass(model, cur[idx], names))
+            assess(idx, *layer_outputs_pass(model, cur[idx], found))
     else:
         curve.append(tracker.coverage)
 

@@ -19,28 +19,41 @@ count adversarial examples only (seed 000 § IV-E: "with all adversarial example
 adversarial example"; § IV-A drops seeds without one): ``count = "successful"`` keeps the images
 whose attack succeeded (``attack_success``), for the noise thresholds too; ``"all"`` counts every
 image (the study's behaviour before issue 16).
+
+Neuron coverage (seed 000 § IV-B, Fig. 2; :mod:`advlens.metrics.coverage`): for the clean images and
+for each condition × strength, the fraction of neurons covered (value > ``coverage_threshold``) by
+the first n images — Fig. 2a compares the adversarial inputs with the matched noise, Fig. 2b the
+strengths. Neurons are DLFuzz's (every conv, pooling and dense layer, ``coverage_layers = "dlfuzz"``)
+or the explainable layers' channels only (``"explained"``); every image counts (coverage is a
+property of the inputs DLFuzz ran, whether or not they flipped the label). Each chunk records per
+neuron the first of its images covering it (``neuron_first_covered``); :func:`derived` joins the
+chunks in order into the exact coverage of the first n images of the data set.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
+import numpy as np
 import pandas as pd
 import torch
+from pydantic import Field
 
 from .. import metrics as M
 from .._checks import AdvlensError
 from ..attacks import attack, matched_noise
 from ..data import ImageBatch
 from ..explain.api import layers_for, normalize_maps
+from ..metrics.coverage import coverage_layers, first_covered, neuron_values
 from ..models import ClassifierModel
 from ..report import Section, bar_plot, layer_shift_plot, map_grid, write_report
 from ._common import chunks, load_entry, maps_in_batches, similarity_rows
 from .runner import Unit
 from .spec import Explainers, Layers, Metrics, Strengths, StudySpec, register_study
 
-__all__ = ["LayerShiftSpec", "plan", "report", "compromise_table", "compromise_probability", "minmax_metrics",
-           "counted_images"]
+__all__ = ["LayerShiftSpec", "plan", "report", "derived", "compromise_table", "compromise_probability",
+           "minmax_metrics", "counted_images", "compromised_layers_histogram", "attack_noise_table",
+           "coverage_progression"]
 
 
 class LayerShiftSpec(StudySpec):
@@ -59,6 +72,10 @@ class LayerShiftSpec(StudySpec):
             always take min–max scaled maps.
         count: images the compromise probabilities and histograms count: ``successful`` (adversarial
             examples only, seed 000 § IV-E, paper) or ``all`` (every image, before issue 16).
+        coverage_layers: the neurons of the coverage curves (seed 000 Fig. 2) and of a DLFuzz attack
+            without its own ``layers``: ``dlfuzz`` (every conv, pooling and dense layer, DLFuzz) or
+            ``explained`` (the explainable layers only, before issue 16).
+        coverage_threshold: a neuron is covered when its scaled value exceeds it (0.25, seed 000).
     """
 
     study: Literal["layer_shift"] = "layer_shift"
@@ -70,6 +87,8 @@ class LayerShiftSpec(StudySpec):
     explain_target: Literal["predicted", "clean"] = "predicted"
     map_normalization: Literal["max", "minmax"] = "max"
     count: Literal["successful", "all"] = "successful"
+    coverage_layers: Literal["dlfuzz", "explained"] = "dlfuzz"
+    coverage_threshold: Annotated[float, Field(ge=0, lt=1)] = 0.25
 
 
 def minmax_metrics(metrics, map_normalization: str = "max") -> list[str]:
@@ -93,9 +112,13 @@ def plan(spec: LayerShiftSpec) -> list[Unit]:
     for m in spec.explainers:  # fail on unknown explainers/layers before anything is written
         layers_for(model, m, spec.layers)
     params = {k: v for k, v in spec.attack.items() if k != "method"}
+    if spec.attack["method"] == "dlfuzz":
+        params.setdefault("layers", spec.coverage_layers)
 
     def run(model: ClassifierModel, batch: ImageBatch, i: int, sl: slice) -> dict[str, Any]:
         x, names = batch.x[sl].to(model.device), batch.names[sl]
+        neurons = coverage_layers(model, spec.coverage_layers)
+        firsts = [_first_covered_rows(model, neurons, x, spec.coverage_threshold, i, "clean", 0.0)]
         seed = spec.seed  # every draw is per image (advlens._rng): chunks need no seeds of their own
         # raw maps: each metric scales them as minmax_metrics says (cosine of H / max H = of H, seed 000 eq. 5)
         minmax = minmax_metrics(spec.metrics, spec.map_normalization)
@@ -113,6 +136,7 @@ def plan(spec: LayerShiftSpec) -> list[Unit]:
                 r = similarity_rows(clean, maps, names, spec.metrics, minmax, attack=spec.attack["method"],
                                     strength=s, condition=cond)
                 rows.append(r.assign(attack_success=r.image.map(dict(zip(names, success))).astype(bool)))
+                firsts.append(_first_covered_rows(model, neurons, xc, spec.coverage_threshold, i, cond, s))
                 imgs.append(pd.DataFrame({
                     "image": names, "strength": s, "condition": cond, "attack_success": success,
                     "label": y.cpu().numpy(),
@@ -121,10 +145,11 @@ def plan(spec: LayerShiftSpec) -> list[Unit]:
                 }))
                 if i == 0 and s == 1.0:
                     examples.update(_examples(x, xc, clean, maps, names, cond, spec.examples))
-        info = {"chunk": i, "images": len(x), "attack_success": res.success_rate, "time_s": res.time_s}
+        info = {"chunk": i, "images": len(x), "attack_success": res.success_rate, "time_s": res.time_s,
+                "neurons": firsts[0].attrs["neurons"]}
         info.update({k: float(v) for k, v in res.extras.items() if k.startswith("coverage_") and v.ndim == 0})
         out = {"results": pd.concat(rows, ignore_index=True), "images": pd.concat(imgs, ignore_index=True),
-               "attack": pd.DataFrame([info])}
+               "attack": pd.DataFrame([info]), "neuron_first_covered": pd.concat(firsts, ignore_index=True)}
         if "coverage_curve" in res.extras:  # DLFuzz: neuron coverage after each iteration
             curve = res.extras["coverage_curve"].cpu().numpy()
             out["coverage"] = pd.DataFrame({"chunk": i, "iteration": range(len(curve)), "coverage": curve})
@@ -134,6 +159,20 @@ def plan(spec: LayerShiftSpec) -> list[Unit]:
 
     return [Unit(f"{i:05d}", lambda m, b, i=i, sl=sl: run(m, b, i, sl), (model, batch))
             for i, sl in enumerate(chunks(len(batch), spec.batch_size))]
+
+
+def _first_covered_rows(model: ClassifierModel, neurons, x: torch.Tensor, threshold: float, chunk: int,
+                        condition: str, strength: float) -> pd.DataFrame:
+    """One row per neuron covered by some image of ``x`` ``[N,3,H,W]`` (one forward): its flat index
+    (layers in order) and ``first``, the position in the chunk of the first image covering it;
+    ``attrs["neurons"]`` = the number of neurons."""
+    values = torch.cat(list(neuron_values(model, x, neurons, batch_size=len(x)).values()), 1)  # [N,T]
+    first = first_covered(values, threshold)
+    hit = (first >= 0).nonzero().squeeze(1)
+    df = pd.DataFrame({"chunk": chunk, "condition": condition, "strength": float(strength),
+                       "neuron": hit.cpu().numpy(), "first": first[hit].cpu().numpy()})
+    df.attrs["neurons"] = values.shape[1]
+    return df
 
 
 def _examples(x, xc, clean, maps, names, cond, k) -> dict[str, torch.Tensor]:
@@ -182,43 +221,134 @@ def compromise_table(results: pd.DataFrame, rule: str = "median", metric: str = 
 
 def compromise_probability(comp: pd.DataFrame) -> pd.DataFrame:
     """Per explainer × strength × layer: the fraction of the counted images that compromise the layer
-    (seed 000 Fig. 6) and ``images``, how many images were counted."""
+    (seed 000 Fig. 6), ``images`` (how many images were counted) and ``threshold``, the noise
+    threshold of the layer that decided it (seed 000 § III-C)."""
     return (comp.groupby(["explainer", "strength", "layer_index", "layer"])
-            .agg(compromise_probability=("compromised", "mean"), images=("image", "nunique")).reset_index())
+            .agg(compromise_probability=("compromised", "mean"), images=("image", "nunique"),
+                 threshold=("threshold", "first")).reset_index())
+
+
+def compromised_layers_histogram(comp: pd.DataFrame) -> pd.DataFrame:
+    """Per explainer × strength: the fraction of the counted images with k compromised layers, for each k
+    that occurs (seed 000 Fig. 7; 0 included), and ``images``, how many images were counted."""
+    per_image = comp.groupby(["explainer", "strength", "image"]).compromised.sum().rename("compromised_layers")
+    hist = per_image.reset_index().groupby(["explainer", "strength", "compromised_layers"]).size().rename("n")
+    hist = hist.reset_index()
+    hist["images"] = hist.groupby(["explainer", "strength"]).n.transform("sum")
+    hist["fraction_of_images"] = hist.n / hist.images
+    return hist.drop(columns="n").sort_values(["explainer", "strength", "compromised_layers"], ignore_index=True)
+
+
+def attack_noise_table(images: pd.DataFrame) -> pd.DataFrame:
+    """Per strength × condition over every image: label flip rate, mean PSNR (dB), largest L∞ and ``images``."""
+    return images.groupby(["strength", "condition"]).agg(
+        flip_rate=("flipped", "mean"), psnr_db=("psnr", "mean"), max_linf=("linf", "max"),
+        images=("image", "nunique")).reset_index()
+
+
+def coverage_progression(first: pd.DataFrame, attack: pd.DataFrame) -> pd.DataFrame:
+    """Neuron coverage of the first n images of the data set (chunks in order), per condition × strength
+    (seed 000 Fig. 2a/2b; ``clean`` has strength 0).
+
+    Args:
+        first: ``neuron_first_covered`` rows (chunk, condition, strength, neuron, first).
+        attack: one row per chunk with ``chunk``, ``images`` and ``neurons`` (the neuron count).
+
+    Returns:
+        Columns condition, strength, images (n = 1 … N), coverage (fraction of all neurons covered by
+        at least one of the first n images).
+    """
+    chunks = attack.sort_values("chunk")
+    if chunks.neurons.nunique() != 1:
+        raise AdvlensError(f"the chunks counted different numbers of neurons: {sorted(chunks.neurons.unique())}")
+    offset = dict(zip(chunks.chunk, chunks.images.cumsum() - chunks.images))
+    n_images, total = int(chunks.images.sum()), int(chunks.neurons.iloc[0])
+    pos = first.assign(pos=first["first"] + first.chunk.map(offset))
+    earliest = pos.groupby(["condition", "strength", "neuron"]).pos.min()
+    rows = []
+    for (cond, s), p in earliest.groupby(level=["condition", "strength"]):
+        cov = np.bincount(p.to_numpy(), minlength=n_images).cumsum() / total
+        rows.append(pd.DataFrame({"condition": cond, "strength": s, "images": np.arange(1, n_images + 1),
+                                  "coverage": cov}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def derived(meta: dict, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Every number of the report: ``compromise_probability`` (Fig. 6, with the noise thresholds used),
+    ``compromised_layers`` (Fig. 7), ``attack_noise`` (flips, PSNR), ``coverage_progression`` and
+    ``neuron_coverage`` (Fig. 2; runs since issue 16), ``coverage_per_iteration`` (DLFuzz runs).
+    Spec keys missing in an older ``spec.json`` take their old behaviour."""
+    spec = meta["spec"]
+    comp = compromise_table(tables["results"], spec.get("noise_rule", "median"), count=spec.get("count", "all"))
+    out = {"compromise_probability": compromise_probability(comp),
+           "compromised_layers": compromised_layers_histogram(comp)}
+    if "images" in tables:
+        out["attack_noise"] = attack_noise_table(tables["images"])
+    if "neuron_first_covered" in tables and "neurons" in tables.get("attack", ()):
+        prog = coverage_progression(tables["neuron_first_covered"], tables["attack"])
+        out["coverage_progression"] = prog
+        out["neuron_coverage"] = prog.groupby(["condition", "strength"], sort=False).tail(1).reset_index(drop=True)
+    if "coverage" in tables:
+        out["coverage_per_iteration"] = tables["coverage"].groupby("iteration").coverage.agg(
+            coverage="mean", chunks="count").reset_index()
+    return out
+
+
+def _coverage_figures(figs: Path, prog: pd.DataFrame, strengths: list[float]) -> list[Path]:
+    """Seed 000 Fig. 2a (adversarial vs noise at strength 1, or the middle strength) and 2b (adversarial
+    per strength), coverage at up to 21 image counts; ``clean`` as reference."""
+    n = int(prog.images.max())
+    ticks = sorted({1, n, *(round(k * n / 20) for k in range(1, 20))} - {0})
+    d = prog[prog.images.isin(ticks)].assign(
+        images=lambda t: t.images.astype(str),
+        curve=lambda t: t.condition.where(t.condition == "clean", t.condition + " " + _times(t).strength))
+    ref = 1.0 if 1.0 in strengths else sorted(strengths)[len(strengths) // 2]
+    kw = dict(x="images", y="coverage", hue="curve", layer_order=[str(t) for t in ticks], band=None,
+              xlabel="images (data set order)", ylabel="neuron coverage")
+    a = d[(d.condition == "clean") | (d.strength == ref)]
+    b = d[d.condition != "noise"]
+    return [layer_shift_plot(figs / "coverage_adversarial_vs_noise.png", a, **kw,
+                             title=f"Neuron coverage: adversarial vs matched noise ({ref:g}×)"),
+            layer_shift_plot(figs / "coverage_per_strength.png", b, **kw,
+                             title="Neuron coverage of the adversarial inputs per strength")]
+
+
+def _times(t: pd.DataFrame) -> pd.DataFrame:
+    """``strength`` as the label ``"2×"`` (categorical hue of the bar plots)."""
+    return t.assign(strength=t.strength.map(lambda s: f"{s:g}×"))
 
 
 def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str, torch.Tensor]) -> Path:
+    """``report.html``: every number from the :func:`derived` tables (computed here if absent)."""
     spec = meta["spec"]
-    res, imgs = tables["results"], tables.get("images")
+    res = tables["results"]
+    if not {"compromise_probability", "compromised_layers"} <= tables.keys():
+        tables = {**tables, **derived(meta, tables)}
     count = spec.get("count", "all")  # spec.json written before issue 16 has no 'count' (every image counted)
-    comp = compromise_table(res, spec["noise_rule"], count=count)
     layer_order = list(dict.fromkeys(res.sort_values("layer_index").layer))
     figs = out / "figures"
     sections = []
-    prob = compromise_probability(comp)
+    prob, hist_all = tables["compromise_probability"], tables["compromised_layers"]
     total = res.image.nunique()
     who = ("adversarial examples only (images whose attack succeeded; seed 000 § IV-E)" if count == "successful"
            else "every image, whether or not its attack succeeded")
     for method in spec["explainers"]:
-        c = comp[comp.explainer == method].assign(strength=lambda d: d.strength.map(lambda s: f"{s:g}×"))
         r = res[res.explainer == method].assign(
             condition=lambda d: d.condition + " " + d.strength.map(lambda s: f"{s:g}×"))
         f3 = layer_shift_plot(figs / f"shift_{method}.png", r, x="layer", y="cosine", hue="condition",
                               layer_order=layer_order, title=f"{method}: cosine similarity to the clean map")
-        if c.empty:
+        p = prob[prob.explainer == method].sort_values(["strength", "layer_index"])
+        if p.empty:
             sections.append(Section(f"Compromised layers ({method})", f"Counted: {who}. No image was counted "
                                     f"(0 of {total}): nothing to report.", [f3]))
             continue
-        f1 = bar_plot(figs / f"compromise_{method}.png", c.assign(compromised=c.compromised.astype(float)),
-                      x="layer", y="compromised", hue="strength", annotate=False, errorbars=False,
+        f1 = bar_plot(figs / f"compromise_{method}.png", _times(p), x="layer", y="compromise_probability",
+                      hue="strength", annotate=False, errorbars=False,
                       title=f"{method}: probability that a layer is compromised, per strength",
                       ylabel="compromise probability")
-        counts = c.groupby(["strength", "image"]).compromised.sum().rename("compromised layers").reset_index()
-        hist = counts.groupby("strength")["compromised layers"].value_counts(normalize=True).rename(
-            "fraction of images").reset_index().sort_values("compromised layers")
-        f2 = bar_plot(figs / f"histogram_{method}.png", hist, x="compromised layers", y="fraction of images",
+        hist = _times(hist_all[hist_all.explainer == method].sort_values(["compromised_layers", "strength"]))
+        f2 = bar_plot(figs / f"histogram_{method}.png", hist, x="compromised_layers", y="fraction_of_images",
                       hue="strength", annotate=False, title=f"{method}: number of compromised layers per image")
-        p = prob[prob.explainer == method]
         ranking = (p.sort_values(["strength", "compromise_probability"], ascending=[True, False])
                    .groupby("strength").head(5).reset_index(drop=True))
         wide = p.pivot(index="layer", columns="strength", values="compromise_probability").reindex(layer_order)
@@ -227,27 +357,35 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
         sections.append(Section(
             f"Compromised layers ({method})",
             f"A layer is compromised for an image when its adversarial similarity falls below the layer's "
-            f"{spec['noise_rule']} noise similarity at the same strength (seed 000). Counted: {who} — "
-            f"{int(n.max())} of {total} images; 'images' gives the count behind each probability. Ranking: "
-            "the five most often compromised layers per strength.",
+            f"{spec['noise_rule']} noise similarity at the same strength ('threshold'; seed 000). Counted: "
+            f"{who} — {int(n.max())} of {total} images; 'images' gives the count behind each probability. "
+            "Ranking: the five most often compromised layers per strength.",
             [f1, f2, f3], [ranking, wide],
         ))
-    if imgs is not None:
-        flips = imgs.groupby(["strength", "condition"]).agg(
-            flip_rate=("flipped", "mean"), psnr_db=("psnr", "mean"), max_linf=("linf", "max")).reset_index()
-        sections.insert(0, Section("Attack and noise", "Label flips, PSNR and L∞ size per strength.", [],
-                                   [flips, tables["attack"]] if "attack" in tables else [flips]))
-    if "coverage" in tables:
-        cov = tables["coverage"].assign(chunk=lambda d: "chunk " + d.chunk.astype(str),
-                                        iteration=lambda d: d.iteration.astype(str))
-        f_cov = layer_shift_plot(figs / "coverage.png", cov.assign(curve="neuron coverage"), x="iteration",
-                                 y="coverage", hue="curve", layer_order=sorted(cov.iteration.unique(), key=int),
+    if "attack_noise" in tables:
+        sections.insert(0, Section("Attack and noise", "Label flips, PSNR and L∞ size per strength (every image).",
+                                   [], [tables["attack_noise"], tables["attack"]] if "attack" in tables
+                                   else [tables["attack_noise"]]))
+    cov_sections = []
+    if "coverage_progression" in tables:
+        layers = {"dlfuzz": "every conv, pooling and dense layer, as DLFuzz",
+                  "explained": "channels of the explainable layers"}[spec.get("coverage_layers", "explained")]
+        cov_sections.append(Section(
+            "Neuron coverage (seed 000 Fig. 2)",
+            f"Fraction of neurons ({layers}) "
+            f"whose min–max scaled mean activation exceeds {spec.get('coverage_threshold', 0.25):g}, over the first "
+            "n images: adversarial inputs vs matched noise (2a) and per strength (2b); every image counts.",
+            _coverage_figures(figs, tables["coverage_progression"], spec["strengths"]), [tables["neuron_coverage"]]))
+    if "coverage_per_iteration" in tables:
+        cov = tables["coverage_per_iteration"].assign(iteration=lambda d: d.iteration.astype(str), curve="coverage")
+        f_cov = layer_shift_plot(figs / "coverage.png", cov, x="iteration", y="coverage", hue="curve",
+                                 layer_order=sorted(cov.iteration.unique(), key=int), band=None,
                                  title="DLFuzz: neuron coverage per iteration (mean over chunks)",
                                  xlabel="DLFuzz iteration")
-        sections.insert(1, Section("Neuron coverage", "Fraction of neurons (channels of the explained layers) "
-                                   "whose min–max scaled mean activation exceeds the threshold, over the "
-                                   "images of a chunk, before and after each DLFuzz iteration.", [f_cov],
-                                   [tables["coverage"]]))
+        cov_sections.append(Section("Neuron coverage during DLFuzz", "Coverage of the DLFuzz neurons over the "
+                                    "images of a chunk, before and after each iteration (mean over chunks).",
+                                    [f_cov], [tables["coverage_per_iteration"]]))
+    sections[1:1] = cov_sections
     grids = _grids(figs, examples, layer_order)
     if grids:
         sections.append(Section("Maps at every depth", "Clean, adversarial and noise maps (strength 1×).", grids))
