@@ -16,10 +16,11 @@ def _acc(model, x, y) -> float:
 
 
 def test_fgsm_retraining_makes_an_fgsm_immune_model(digits_model, digits_test, tmp_path):
-    """Seed 001 Table 1 on digits: the clean model falls to ~0.10 on the FGSM test set (eps 0.1); after
-    3 epochs of retraining on train + successful FGSM images the same set is ~0.99 (measured)."""
+    """Seed 001 Table 1 on digits with the single-step option (``fgsm_form="single"``, eps 0.1): the clean
+    model falls to ~0.10 on the FGSM test set; after 3 epochs of retraining on train + successful FGSM images
+    the same set is ~0.99 (measured). The default, iterative form: test_fidelity_seed004.py."""
     x, y = digits_test.x, digits_test.y
-    immune, info = retrain(digits_model, "digits", "fgsm", epochs=3)
+    immune, info = retrain(digits_model, "digits", "fgsm", epochs=3, fgsm_form="single")  # the eps-0.1 option
     assert info["n_adversarial"] > 0.8 * info["n_train"]  # FGSM eps 0.1 flips ~90 % of the training images
     x_fgsm = al.attack(digits_model, x, y, "fgsm", eps=0.1).x_adv  # the fixed "clear+fgsm_test" set
     before, after = _acc(digits_model, x_fgsm, y), _acc(immune, x_fgsm, y)
@@ -88,7 +89,8 @@ def test_pgd_and_interpretation_robust_training_keep_accuracy_and_maps(digits_mo
 
     nt = evaluate(digits_model)
     at = evaluate(adversarial_train(digits_model, "digits", eps=0.1, steps=3, epochs=1)[0])
-    rb = evaluate(adversarial_train(digits_model, "digits", eps=0.1, steps=3, epochs=1, gamma=2.0)[0])
+    rb = evaluate(adversarial_train(digits_model, "digits", eps=0.1, steps=3, epochs=1, gamma=2.0,
+                                    objective="pgd_ce")[0])  # the paper's objective: test_fidelity_seed004.py
     assert at[0] >= nt[0] + 0.4 and rb[0] >= nt[0] + 0.4, (nt, at, rb)
     assert at[1] >= nt[1] + 0.4 and rb[1] >= nt[1] + 0.4, (nt, at, rb)
     assert rb[2] < at[2] < nt[2], (nt, at, rb)
