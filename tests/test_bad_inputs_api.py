@@ -293,7 +293,7 @@ def digits_model() -> al.ClassifierModel:
 @pytest.fixture(scope="module")
 def saved_detector(digits_model, tmp_path_factory: pytest.TempPathFactory) -> Path:
     x = load_images("digits", split="train", n=16).x
-    det = al.detect.make("behavior", copies=2).fit(digits_model, x)
+    det = al.detect.make("behavior", copies=2, pca="dataset", rule="calibrated").fit(digits_model, x)  # has tensors
     return det.save(tmp_path_factory.mktemp("det") / "bd.safetensors")
 
 

@@ -99,7 +99,8 @@ def _check_supported(detector: Detector) -> None:
 
 
 def _behavior_score(det: BehaviorDeviation, x: torch.Tensor) -> torch.Tensor:
-    """``(mean(D_g) − D_o) / std(D_g)`` ``[N]`` with ``D_g``'s statistics and the class held constant."""
+    """The detector's step-5 score ``[N]`` (:meth:`BehaviorDeviation.compare`: ``median(D_g) − D_o`` by the
+    paper's rule, or the calibrated z-score) with ``D_g`` and the class held constant."""
     n, k, bs = len(x), det.copies, auto_batch(x, det.batch_size)
     xc = det.clean(x)
     with torch.no_grad():  # benign copies: same draw as BehaviorDeviation._score, constants here
@@ -113,7 +114,7 @@ def _behavior_score(det: BehaviorDeviation, x: torch.Tensor) -> torch.Tensor:
     h_c = explain(det.model, xc, "gradcam", **kw)[det.layer]
     h_o = explain(det.model, x, "gradcam", **kw)[det.layer]
     d_o = cosine(h_c, h_o)
-    return (d_g.mean(0) - d_o) / d_g.std(0).clamp_min(1e-6)
+    return det.compare(d_o, d_g)
 
 
 def _ensemble_score(det: EnsembleDetector, x: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -7,7 +7,40 @@ import pandas as pd
 
 from .figures import PathLike, _check_columns, _new_figure, _ordered, _save
 
-__all__ = ["roc_plot", "strength_plot"]
+__all__ = ["roc_curves", "roc_plot", "strength_plot"]
+
+
+def roc_curves(df: pd.DataFrame, *, detector: str = "detector", condition: str = "condition",
+               score: str = "score") -> pd.DataFrame:
+    """ROC curve points per detector and negative set: adversarial inputs (positives) against clean and against
+    matched-noise inputs (scikit-learn ``roc_curve`` / ``roc_auc_score``).
+
+    Args:
+        df: one row per scored input with the columns ``detector``, ``condition`` (``clean``, ``adversarial``,
+            ``noise``) and ``score`` (higher = more adversarial).
+
+    Returns:
+        One row per curve point: ``detector``, ``negative`` (``clean`` / ``noise``), ``fpr``, ``tpr`` and the
+        curve's ``auc`` (repeated on its points).
+    """
+    from sklearn.metrics import roc_auc_score, roc_curve
+
+    df = _check_columns(df, [detector, condition, score])
+    parts = []
+    for name in _ordered(df[detector]):
+        g = df[df[detector] == name]
+        pos = g[g[condition] == "adversarial"][score]
+        for neg_name in ("clean", "noise"):
+            neg = g[g[condition] == neg_name][score]
+            if len(pos) == 0 or len(neg) == 0:
+                continue
+            labels = [0] * len(neg) + [1] * len(pos)
+            values = pd.concat([neg, pos]).to_numpy()
+            fpr, tpr, _ = roc_curve(labels, values)
+            parts.append(pd.DataFrame({"detector": name, "negative": neg_name, "fpr": fpr, "tpr": tpr,
+                                       "auc": float(roc_auc_score(labels, values))}))
+    cols = ["detector", "negative", "fpr", "tpr", "auc"]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=cols)
 
 
 def roc_plot(path: PathLike, df: pd.DataFrame, title: str | None = None, *, detector: str = "detector",
@@ -17,31 +50,27 @@ def roc_plot(path: PathLike, df: pd.DataFrame, title: str | None = None, *, dete
 
     Args:
         path: output file (``.png`` by default).
-        df: one row per scored input with the columns ``detector``, ``condition`` (``clean``,
-            ``adversarial``, ``noise``) and ``score`` (higher = more adversarial).
+        df: the curve points of :func:`roc_curves` (columns ``detector``, ``negative``, ``fpr``, ``tpr``,
+            ``auc``), or scored inputs (``detector``, ``condition``, ``score``) they are computed from.
         title: figure title.
 
     Returns:
         The written path.
     """
-    from sklearn.metrics import roc_auc_score, roc_curve
-
-    df = _check_columns(df, [detector, condition, score])
+    if isinstance(df, pd.DataFrame) and {"fpr", "tpr", "auc", "negative"} <= set(df.columns):
+        curves = _check_columns(df, [detector, "negative", "fpr", "tpr", "auc"])
+    else:
+        curves = roc_curves(df, detector=detector, condition=condition, score=score).rename(
+            columns={"detector": detector})
     fig = _new_figure(5.6, 4.6)
     ax = fig.add_subplot()
     ax.plot([0, 1], [0, 1], color="0.7", linewidth=0.8)
-    for i, name in enumerate(_ordered(df[detector])):
-        g = df[df[detector] == name]
-        pos = g[g[condition] == "adversarial"][score]
+    for i, name in enumerate(_ordered(curves[detector])):
         for neg_name, style in (("clean", "-"), ("noise", "--")):
-            neg = g[g[condition] == neg_name][score]
-            if len(pos) == 0 or len(neg) == 0:
-                continue
-            labels = [0] * len(neg) + [1] * len(pos)
-            values = pd.concat([neg, pos]).to_numpy()
-            fpr, tpr, _ = roc_curve(labels, values)
-            auc = roc_auc_score(labels, values)
-            ax.plot(fpr, tpr, style, color=f"C{i}", linewidth=1.5, label=f"{name} vs {neg_name} (AUC {auc:.3f})")
+            c = curves[(curves[detector] == name) & (curves.negative == neg_name)]
+            if len(c):
+                ax.plot(c.fpr, c.tpr, style, color=f"C{i}", linewidth=1.5,
+                        label=f"{name} vs {neg_name} (AUC {c.auc.iloc[0]:.3f})")
     ax.set_xlabel("false-positive rate")
     ax.set_ylabel("true-positive rate")
     ax.set_xlim(0, 1)

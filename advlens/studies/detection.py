@@ -9,6 +9,15 @@ detector scores clean, adversarial and noise inputs → TPR, TNR (clean, noise),
 per strength. The model's accuracy with and without Gaussian-blur preprocessing (radius 1.5, seed 002
 Fig. 1) is recorded beside. An ``ensemble`` entry with ``sets = true`` is also fitted for every 1-, 2-
 and 3-interpreter subset of its ``interpreters`` (seed 004 Tables IV–V), on maps computed once.
+
+An ``ensemble`` entry's ``train`` key says where its adversarial training images come from:
+``"interpretation"`` (default, seed 004's setting) calls ``fit(model, x_fit)`` so the detector makes its own
+interpretation-aware adversarials; ``"attack"`` (the former advlens form) fits on the successes of the spec's
+``attack`` on the fit images. Every other key is a parameter of :class:`~advlens.detect.EnsembleDetector`.
+
+:func:`derived` turns the scored rows into the tables the report shows: ``detection_rates`` (TPR / TNR / AUC
+per model × detector × strength), ``roc_curves``, ``blur_accuracy``, ``detector_cost`` and
+``interpreter_sets``.
 """
 from __future__ import annotations
 
@@ -20,7 +29,7 @@ from typing import Any, Literal
 import pandas as pd
 import torch
 
-from .._checks import AdvlensError
+from .._checks import AdvlensError, check_choice
 from ..attacks import attack, matched_noise
 from ..data import load_images
 from ..detect import EnsembleDetector, interpreter_maps, make
@@ -28,7 +37,8 @@ from ._common import entries_on_test_split, load_entry, safe_name
 from .runner import Unit
 from .spec import FitSize, KindTables, Strengths, StudySpec, register_study
 
-__all__ = ["DetectionSpec", "plan", "report", "detection_table", "blur_table", "strength_inputs", "DEFAULT_DETECTORS", "BLUR_SIGMA"]
+__all__ = ["DetectionSpec", "plan", "derived", "report", "detection_table", "blur_table", "roc_table", "strength_inputs",
+           "detector_label", "DEFAULT_DETECTORS", "BLUR_SIGMA", "TRAIN"]
 
 
 class DetectionSpec(StudySpec):
@@ -53,13 +63,43 @@ register_study("detection", DetectionSpec)
 DEFAULT_DETECTORS = [{"kind": "behavior"}, {"kind": "noisecam"}, {"kind": "ensemble"}]
 #: seed 002 Fig. 1: Gaussian blur of radius 1.5 (PIL's radius is the standard deviation)
 BLUR_SIGMA = 1.5
+#: where an ensemble's adversarial training images come from (study-level key ``train``)
+TRAIN = ("interpretation", "attack")
+#: keys of a detector table that are the study's, not the detector's
+_STUDY_KEYS = ("kind", "sets", "train")
+#: ensemble settings named in the detector label when they differ from the default
+_LABEL_KEYS = ("backbone", "channels", "train")
+
+
+def _params(cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in cfg.items() if k not in _STUDY_KEYS}
 
 
 def detector_label(cfg: dict[str, Any]) -> str:
-    """``behavior``, ``noisecam`` or ``ensemble[grad+cam]`` — the detector column of the tables."""
-    if cfg["kind"] == "ensemble":
-        return f"ensemble[{'+'.join(cfg.get('interpreters', EnsembleDetector().interpreters))}]"
-    return cfg["kind"]
+    """``behavior``, ``noisecam`` or ``ensemble[grad+cam]`` — the detector column of the tables. An ensemble's
+    ``backbone``, ``channels`` and ``train`` are appended when not the default: ``ensemble[grad+cam|cnn|attack]``."""
+    if cfg["kind"] != "ensemble":
+        return cfg["kind"]
+    default = EnsembleDetector()
+    defaults = {k: getattr(default, k, None) for k in _LABEL_KEYS} | {"train": TRAIN[0]}
+    extra = [str(cfg[k]) for k in _LABEL_KEYS if k in cfg and cfg[k] != defaults[k]]
+    return f"ensemble[{'+'.join(cfg.get('interpreters', default.interpreters))}{''.join('|' + e for e in extra)}]"
+
+
+def _check_configs(configs: list[dict[str, Any]]) -> None:
+    """Unknown kinds, parameters or ``train`` values, and two entries with one label, fail before any work."""
+    labels: dict[str, int] = {}
+    for i, c in enumerate(configs):
+        make(c["kind"], **_params(c))
+        if "train" in c:
+            if c["kind"] != "ensemble":
+                raise AdvlensError(f"detectors[{i}]: 'train' applies to ensemble detectors only")
+            check_choice(c["train"], f"detectors[{i}].train", TRAIN)
+        label = detector_label(c)
+        if label in labels:
+            raise AdvlensError(f"detectors[{labels[label]}] and detectors[{i}] are both {label!r}; entries of one "
+                               "kind must differ in interpreters, backbone, channels or train")
+        labels[label] = i
 
 
 def plan(spec: DetectionSpec) -> list[Unit]:
@@ -69,8 +109,7 @@ def plan(spec: DetectionSpec) -> list[Unit]:
         model, batch = load_entry(entry, spec)
         fit = load_images(entry["data"], size=model.input_size, n=entry.get("n"), split="train", seed=spec.seed)
         configs = [dict(c) for c in (spec.detectors or DEFAULT_DETECTORS)]
-        for c in configs:  # unknown kinds / parameters fail before anything is written
-            make(c["kind"], **{k: v for k, v in c.items() if k not in ("kind", "sets")})
+        _check_configs(configs)  # unknown kinds / parameters fail before anything is written
         units.append(Unit(f"{mi:02d}-{safe_name(model.name)}", lambda m, b, f, c=configs: _run(spec, m, b, f, c),
                           (model, batch, fit[: spec.fit_size])))
     return units
@@ -96,9 +135,10 @@ def _run(spec: DetectionSpec, model, batch, fit, configs) -> dict[str, Any]:
     rows, timing, sets = [], [], []
     for cfg in configs:
         kind, label = cfg["kind"], detector_label(cfg)
-        det = make(kind, **{k: v for k, v in cfg.items() if k not in ("kind", "sets")})
+        det = make(kind, **_params(cfg))
+        train = cfg.get("train", TRAIN[0]) if kind == "ensemble" else None
         start = time.perf_counter()
-        if kind == "ensemble":
+        if train == "attack":
             fit_adv = _fit_adversarial(spec, model, x_fit) if fit_adv is None else fit_adv
             det.fit(model, x_fit, x_adv=fit_adv)
         else:
@@ -115,7 +155,8 @@ def _run(spec: DetectionSpec, model, batch, fit, configs) -> dict[str, Any]:
         timing.append({"detector": label, "fit_images": len(x_fit), "fit_s": fit_s, "scored": n_scored,
                        "score_s": score_s, "images_per_s": n_scored / score_s, "threshold": det.threshold})
         if kind == "ensemble" and cfg.get("sets"):
-            sets.append(_sets_table(det, model, x_fit, fit_adv, inputs))
+            own = fit_adv if train == "attack" else _own_adversarials(det, x_fit)
+            sets.append(_sets_table(det, _params(cfg), model, x_fit, own, inputs).assign(detector=label))
     out = {"results": pd.concat(rows, ignore_index=True).assign(model=model.name),
            "images": pd.concat(images, ignore_index=True).assign(model=model.name),
            "detectors": pd.DataFrame(timing).assign(model=model.name, attack_success=res.success_rate)}
@@ -146,7 +187,14 @@ def _fit_adversarial(spec: DetectionSpec, model, x_fit: torch.Tensor) -> torch.T
     return res.x_adv[res.success]
 
 
-def _sets_table(det: EnsembleDetector, model, x_fit, fit_adv, inputs) -> pd.DataFrame:
+def _own_adversarials(det: EnsembleDetector, x_fit: torch.Tensor) -> torch.Tensor:
+    """The adversarial images ``det.fit(model, x_fit)`` trained on, made again (their seeds are per image, so the
+    same images come back) for the interpreter-set table."""
+    res = det.training_attack(x_fit)
+    return res.x_adv[res.success]
+
+
+def _sets_table(det: EnsembleDetector, params: dict[str, Any], model, x_fit, fit_adv, inputs) -> pd.DataFrame:
     """Seed 004 Tables IV–V: every 1-, 2- and 3-subset of the ensemble's interpreters, fitted on the same
     maps; accuracy (threshold 0.5) and AUC on held-out clean vs adversarial (strength 1)."""
     from sklearn.metrics import roc_auc_score
@@ -161,9 +209,7 @@ def _sets_table(det: EnsembleDetector, model, x_fit, fit_adv, inputs) -> pd.Data
     rows = []
     for r in range(1, len(pool) + 1):
         for subset in itertools.combinations(pool, r):
-            sub = EnsembleDetector(subset, backbone=det.backbone, size=det.size, n_estimators=det.n_estimators,
-                                   max_depth=det.max_depth, learning_rate=det.learning_rate,
-                                   batch_size=det.batch_size, seed=det.seed)
+            sub = EnsembleDetector(**{**params, "interpreters": list(subset)})
             sub.fit_maps(model, maps["fit"], maps["fit_adv"])
             s_clean, s_adv = sub.score_maps(maps["clean"]).cpu(), sub.score_maps(maps["adv"]).cpu()
             acc = float(torch.cat([s_clean <= 0.5, s_adv > 0.5]).float().mean())
@@ -202,17 +248,48 @@ def blur_table(images: pd.DataFrame) -> pd.DataFrame:
             .reset_index())
 
 
+def roc_table(results: pd.DataFrame) -> pd.DataFrame:
+    """ROC curve points per model × detector × negative set (clean / noise) for the adversarial inputs at
+    strength 1 (see :func:`advlens.report.detection.roc_curves`)."""
+    from ..report.detection import roc_curves
+
+    at1 = results[(results.strength == 1.0) | (results.condition == "clean")]
+    parts = [roc_curves(g).assign(model=m) for m, g in at1.groupby("model", sort=False)
+             if (g.condition == "adversarial").any()]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(
+        columns=["detector", "negative", "fpr", "tpr", "auc", "model"])
+
+
+def derived(meta: dict, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Every number the report shows: ``detection_rates`` (:func:`detection_table`), ``roc_curves``
+    (:func:`roc_table`), ``blur_accuracy`` (:func:`blur_table`), ``detector_cost`` (fit time, throughput,
+    threshold, attack success) and, when measured, ``interpreter_sets`` (seed 004 Tables IV–V)."""
+    out = {"detection_rates": detection_table(tables["results"]), "roc_curves": roc_table(tables["results"]),
+           "blur_accuracy": blur_table(tables["images"])}
+    cost = tables["detectors"]
+    out["detector_cost"] = cost[[c for c in ("model", "detector", "fit_images", "fit_s", "scored", "score_s",
+                                             "images_per_s", "threshold", "attack_success") if c in cost]]
+    if "sets" in tables:
+        s = tables["sets"]
+        if "detector" not in s:  # written before ensemble entries were labelled
+            s = s.assign(detector="ensemble")
+        cols = ["model", "detector", "interpreters", "n_interpreters", "backbone", "accuracy", "auc"]
+        out["interpreter_sets"] = s[[c for c in cols if c in s]].reset_index(drop=True)
+    return out
+
+
 def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str, torch.Tensor]) -> Path:
     from ..report import Section, bar_plot, write_report
     from ..report.detection import roc_plot, strength_plot
 
     figs = out / "figures"
-    res, table, blur = tables["results"], detection_table(tables["results"]), blur_table(tables["images"])
+    missing = [k for k in ("detection_rates", "roc_curves", "blur_accuracy", "detector_cost") if k not in tables]
+    t = {**(derived(meta, tables) if missing else {}), **tables}
+    table, blur, curves = t["detection_rates"], t["blur_accuracy"], t["roc_curves"]
     f_curves = [strength_plot(figs / f"strength_{safe_name(m)}.png", g, title=f"{m}: detection vs perturbation strength")
                 for m, g in table.groupby("model", sort=False)]
-    at1 = res[(res.strength == 1.0) | (res.condition == "clean")]
     f_roc = [roc_plot(figs / f"roc_{safe_name(m)}.png", g, title=f"{m}: adversarial (1×) vs clean and noise")
-             for m, g in at1.groupby("model", sort=False)]
+             for m, g in curves.groupby("model", sort=False)]
     blur_long = blur.rename(columns={"accuracy": "as is", "accuracy_blur": "blurred"}).melt(
         id_vars=["model", "condition", "strength"], var_name="input", value_name="accuracy")
     blur_long = blur_long.assign(
@@ -225,13 +302,14 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
                 "rate on adversarial inputs, the true-negative rates on clean and matched-noise inputs, the accuracy "
                 "over all three, and ROC-AUC of adversarial vs clean / vs noise. Detectors were fitted on train "
                 "images only.", [*f_curves, *f_roc], [table]),
-        Section("Detector cost", "Fit time, scoring throughput and threshold per detector.", [], [tables["detectors"]]),
+        Section("Detector cost", "Fit time, scoring throughput and threshold per detector.", [], [t["detector_cost"]]),
         Section("Gaussian-blur preprocessing", "Seed 002 Fig. 1: blurring removes perturbation but costs accuracy "
                 "on clean inputs too.", [f_blur], [blur]),
     ]
-    if "sets" in tables:
-        s = tables["sets"]
-        f_sets = bar_plot(figs / "ensemble_sets.png", s, x="interpreters", y="accuracy", hue="model",
+    if "interpreter_sets" in t:
+        s = t["interpreter_sets"]
+        hue = s.model if s.detector.nunique() == 1 else s.model + " · " + s.detector
+        f_sets = bar_plot(figs / "ensemble_sets.png", s.assign(hue=hue), x="interpreters", y="accuracy", hue="hue",
                           title="ensemble detector accuracy per interpreter set (seed 004 Tables IV–V)",
                           errorbars=False)
         sections.append(Section("Interpreter sets", "Seed 004 Tables IV–V measured here: the ensemble detector "
