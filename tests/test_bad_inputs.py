@@ -180,7 +180,7 @@ CASES = [
     # report on folders that are not finished studies
     (["report", "nowhere"], "nowhere is not a finished study folder"),
     (["report", "thesis"], "thesis is not a finished study folder"),
-    (["report", "run_demo"], "run_demo is a demo folder"),
+    (["report", "run_demo"], "run_demo was written by an older `advlens demo`"),
     (["report", "run_truncated"], "run_truncated/spec.json"),
     (["report", "run_unknown"], "unknown study in run_unknown/spec.json"),
     # detectors

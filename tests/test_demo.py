@@ -23,12 +23,19 @@ def test_demo_writes_results_figures_and_a_report_that_renders(tmp_path, capsys)
     med = df.groupby("condition").cosine.median()
     assert med["adversarial"] < med["noise"]
     spec = json.loads((out / "spec.json").read_text())
-    assert spec["versions"]["torch"] and spec["seed"] == 0 and spec["n_images"] == 3
+    assert spec["versions"]["torch"] and spec["spec"]["study"] == "demo" and spec["spec"]["seed"] == 0
+    summary = pd.read_parquet(out / "attack_summary.parquet")  # every report number is a table
+    assert summary.set_index("attack").images.to_dict() == {"fgsm": 3, "pgd": 3}
+    assert summary.success_rate.tolist() == attacks.groupby("attack", sort=False).success.mean().tolist()
     figures = sorted(p.name for p in (out / "figures").glob("*.png"))
     assert "shift_gradcam.png" in figures and any(f.startswith("grid_") for f in figures)
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(figures)
     assert not list(tmp_path.glob(".demo*"))  # no temp folders left
+    before = (out / "results.parquet").read_bytes()
+    assert main(["demo", "--limit", "3", "--out", str(out), "--quiet"]) == 0  # a rerun resumes: nothing recomputed
+    assert (out / "results.parquet").read_bytes() == before
+    assert main(["report", str(out)]) == 0  # the demo is a study: `advlens report` rebuilds it
 
     exe = chromium()
     loaded, total, tables = imgcheck(exe, with_check(out / "report.html", tmp_path / "check.html"), tmp_path / "prof")

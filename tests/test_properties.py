@@ -135,7 +135,7 @@ def test_arbitrary_argument_lists_never_give_a_traceback(command, rest, tmp_path
     with contextlib.chdir(tmp_path_factory.mktemp("fuzz")), contextlib.redirect_stderr(err), \
             contextlib.redirect_stdout(io.StringIO()), \
             mock.patch("advlens.models.load_model", stop), mock.patch("advlens.studies.runner.run_study", stop), \
-            mock.patch("advlens.studies.demo.run_demo", stop), mock.patch("advlens.detect.load", stop):
+            mock.patch("advlens.detect.load", stop):
         try:
             code = cli.main([*command, *rest])
         except SystemExit as e:

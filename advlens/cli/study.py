@@ -10,11 +10,13 @@ __all__ = ["add_parsers"]
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from ..studies.demo import DemoConfig, run_demo
+    from ..studies.runner import run_study
+    from ..studies.spec import load_spec
 
-    cfg = DemoConfig(images=args.images, limit=args.limit, seed=args.seed, device=args.device, model=args.model)
-    out = run_demo(cfg, args.out, progress=not args.quiet, overwrite=args.overwrite)
-    print(f"wrote {out}/report.html, {out}/results.parquet, {out}/figures/")
+    spec = load_spec(study="demo", model=args.model, data=args.images, limit=args.limit, seed=args.seed,
+                     device=args.device)
+    path = run_study(spec, args.out, progress=not args.quiet)
+    print(f"wrote {path}, {args.out}/results.parquet, {args.out}/figures/")
 
 
 def _cmd_study(args: argparse.Namespace) -> None:
@@ -38,8 +40,11 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 def add_parsers(sub) -> None:
     """Register ``demo``, ``study`` and ``report``."""
-    sp = sub.add_parser("demo", help="FGSM/PGD + Grad-CAM at every layer on bundled photos, with a report")
-    common(sp, "advlens-demo")
+    sp = sub.add_parser("demo", help="FGSM/PGD + Grad-CAM at every layer on bundled photos, with a report "
+                        "(a study: resumable, `advlens report` rebuilds it)")
+    common(sp, None)
+    sp.add_argument("--out", default="advlens-demo", help="a new or empty folder, or a previous demo's to resume "
+                    "(default: advlens-demo)")
     sp.add_argument("--model", default="efficientnet_lite0", help="model name (default: efficientnet_lite0)")
     sp.add_argument("--images", default="samples", help="image source (default: samples)")
     sp.add_argument("--limit", type=positive_int, default=None, help="use at most N images")

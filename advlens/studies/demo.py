@@ -7,182 +7,173 @@ NISSIM of min–max scaled maps, seed 003 eq. 1), and the same for Gaussian nois
 perturbation's mean and standard deviation. A layer is *compromised* for an image when the
 adversarial similarity falls below the layer's median noise similarity; compromise probabilities
 count the images whose attack succeeded (seed 000 § IV-E).
+
+The demo is a study like the others (``advlens demo`` = ``advlens study`` with ``study = "demo"``):
+the runner resumes it, and ``advlens report`` rebuilds its figures and report from its tables.
 """
 from __future__ import annotations
 
-import logging
-import time
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated, Any, Literal
 
 import pandas as pd
 import torch
+from pydantic import Field
 
 from .. import metrics
-from .._io import OutputDir, versions, write_json, write_parquet
 from ..attacks import attack, matched_noise
-from ..data import load_images
-from ..models import load_model
+from ..data import ImageBatch
+from ..models import ClassifierModel
 from ..report import Section, bar_plot, layer_shift_plot, map_grid, write_report
-from ..explain.api import normalize_maps
-from ._common import maps_in_batches, similarity_rows
+from ._common import Unit, chunks, load_entry, maps_in_batches, similarity_rows
 from .layer_shift import compromise_table
+from .spec import Explainers, StudySpec, register_study
 
-__all__ = ["DemoConfig", "run_demo"]
-
-log = logging.getLogger(__name__)
-
-
-@dataclass
-class DemoConfig:
-    """Parameters of the demo (all recorded in ``spec.json`` and the report)."""
-
-    model: str = "efficientnet_lite0"
-    images: str = "samples"
-    limit: int | None = None
-    methods: tuple[str, ...] = ("gradcam", "gradcam++", "layercam")
-    attacks: dict[str, dict] = field(
-        default_factory=lambda: {
-            "fgsm": {"eps": 2 / 255},
-            "pgd": {"eps": 2 / 255, "alpha": 0.5 / 255, "steps": 10, "random_start": False},
-        }
-    )
-    noise_strength: float = 1.0
-    batch_size: int = 8
-    seed: int = 0
-    device: str = "cpu"
+__all__ = ["DemoSpec", "plan", "derived", "report"]
 
 
-def run_demo(cfg: DemoConfig, out: str | Path, progress: bool = True, overwrite: bool = False) -> Path:
-    """Run the demo and write ``out/``: ``results.parquet``, ``spec.json``, ``figures/``, ``report.html``.
+def _default_attacks() -> dict[str, dict[str, Any]]:
+    return {"fgsm": {"eps": 2 / 255}, "pgd": {"eps": 2 / 255, "alpha": 0.5 / 255, "steps": 10, "random_start": False}}
 
-    ``out`` is checked before any work and filled at the end (:class:`advlens._io.OutputDir`: nothing
-    half-written on failure, nothing advlens did not write is replaced; ``overwrite`` writes beside the
-    files of a non-empty folder).
+
+class DemoSpec(StudySpec):
+    """Settings of the demo: every attack of ``attacks`` (name -> parameters) on the clean predictions, its
+    matched noise at ``noise_strength``, every explainer at every layer.
+
+    Attributes:
+        attacks: ``{method: {param: value}}``, run in this order (default FGSM and PGD-10 at ε 2/255).
+        explainers: layer methods compared (default Grad-CAM, Grad-CAM++, LayerCAM).
+        noise_strength: scale of the matched Gaussian noise (seed 000).
     """
-    from tqdm.auto import tqdm
 
-    folder = OutputDir(out, "demo", inputs=[cfg.images], overwrite=overwrite)
+    study: Literal["demo"] = "demo"
+    data: str = "samples"
+    batch_size: Annotated[int, Field(ge=1)] | Literal["auto"] = 8
+    attacks: Annotated[dict[str, dict[str, Any]], Field(min_length=1)] = Field(default_factory=_default_attacks)
+    explainers: Explainers = Field(default_factory=lambda: ["gradcam", "gradcam++", "layercam"])
+    noise_strength: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 1.0
 
-    torch.manual_seed(cfg.seed)
-    model = load_model(cfg.model, device=cfg.device)
-    batch = load_images(cfg.images, size=model.input_size, n=cfg.limit, seed=cfg.seed).to(model.device)
-    if cfg.limit is not None:
-        batch = batch[: cfg.limit]
-    x = batch.x
-    steps = ["classify", *[f"attack {a}" for a in cfg.attacks], "explain", "metrics", "report"]
-    bar = tqdm(total=len(steps), desc="advlens demo", unit="step", disable=not progress)
-    t0 = time.perf_counter()
 
-    bar.set_postfix_str("classify")
-    y = model.predict(x)  # attack each image's clean prediction
-    bar.update()
-    images = {"clean": x}
-    results_by_attack = {}
-    for name, params in cfg.attacks.items():
-        bar.set_postfix_str(f"attack {name}")
-        res = results_by_attack[name] = attack(model, x, y, method=name, seed=cfg.seed, **params)
+register_study("demo", DemoSpec)
+
+_METRICS, _MINMAX = ("cosine", "nissim"), ("nissim",)  # cosine of raw maps (eq. 5), NISSIM of min-max maps
+
+
+def plan(spec: DemoSpec) -> list[Unit]:
+    """One unit per chunk of ``batch_size`` images."""
+    model, batch = load_entry({"model": spec.model, "data": spec.data, "weights": spec.weights,
+                               "split": spec.split}, spec)
+    return [Unit(f"{i:05d}", lambda m, b, i=i, sl=sl: _run(spec, m, b, i, sl), (model, batch))
+            for i, sl in enumerate(chunks(len(batch), spec.batch_size))]
+
+
+def _run(spec: DemoSpec, model: ClassifierModel, batch: ImageBatch, i: int, sl: slice) -> dict[str, Any]:
+    x, names = batch.x[sl].to(model.device), batch.names[sl]
+    raw, pred = {}, {}
+    raw["clean"], y = maps_in_batches(model, x, spec.explainers, "all", len(x), normalize=False)
+    images, results, rows = {"clean": x}, {}, []
+    for name, params in spec.attacks.items():  # attack each image's clean prediction
+        res = results[name] = attack(model, x, y, method=name, seed=spec.seed, **params)
         images[name] = res.x_adv
-        images[f"{name} noise"] = matched_noise(x, res.x_adv, cfg.noise_strength, seed=cfg.seed)
-        bar.update()
-
-    bar.set_postfix_str("explain")
-    raw, maps, preds = {}, {}, {}
-    for cond, imgs in images.items():  # the predictions come from the same forward as the maps
-        raw[cond], preds[cond] = maps_in_batches(model, imgs, cfg.methods, "all", cfg.batch_size, normalize=False)
-        maps[cond] = {m: {n: normalize_maps(t) for n, t in per.items()} for m, per in raw[cond].items()}
+        images[f"{name} noise"] = matched_noise(x, res.x_adv, spec.noise_strength, seed=spec.seed)
+    for cond, xc in images.items():
+        if cond != "clean":  # the predictions come from the same forward as the maps
+            raw[cond], pred[cond] = maps_in_batches(model, xc, spec.explainers, "all", len(x), normalize=False)
     labels = pd.Series(model.labels)
-    attacks_df = pd.concat([pd.DataFrame({
-        "image": batch.names, "attack": name, "clean_pred": labels[y.cpu().numpy()].to_numpy(),
+    for name, res in results.items():
+        success = res.success.cpu().numpy()
+        for kind, cond in (("adversarial", name), ("noise", f"{name} noise")):
+            rows.append(similarity_rows(raw["clean"], raw[cond], names, _METRICS, _MINMAX, attack=name,
+                                        condition=kind, attack_success=success))
+    attacks = pd.concat([pd.DataFrame({
+        "image": names, "attack": name, "clean_pred": labels[y.cpu().numpy()].to_numpy(),
         "adv_pred": labels[res.pred.cpu().numpy()].to_numpy(), "success": res.success.cpu().numpy(),
         "adv_confidence": res.confidence.cpu().numpy(),
-        "noise_flips": (preds[f"{name} noise"] != y).cpu().numpy(),
+        "noise_flips": (pred[f"{name} noise"] != y).cpu().numpy(),
         "linf": (res.x_adv - x).abs().amax((1, 2, 3)).cpu().numpy(),
         "psnr": metrics.psnr(x, res.x_adv).cpu().numpy(), "time_s": res.time_s / len(x),
-    }) for name, res in results_by_attack.items()], ignore_index=True)
-    bar.update()
-
-    bar.set_postfix_str("metrics")
-    # cosine of the raw maps (= of H / max H, seed 000 eq. 5), NISSIM of min-max scaled maps (seed 003 eq. 1)
-    results = pd.concat([
-        similarity_rows(raw["clean"], raw[cond], batch.names, ("cosine", "nissim"), ("nissim",), attack=a,
-                        condition=kind, attack_success=results_by_attack[a].success.cpu().numpy())
-        for a in cfg.attacks for kind, cond in (("adversarial", a), ("noise", f"{a} noise"))
-    ], ignore_index=True)
-    compromised = _compromised(results)
-    bar.update()
-
-    bar.set_postfix_str("report")
-    spec = {"study": "demo", **asdict(cfg), "n_images": len(x), "image_names": batch.names,
-            "versions": versions(), "seconds": round(time.perf_counter() - t0, 1)}
-    out = Path(out)
-    with folder.writing() as tmp:
-        write_parquet(results, tmp / "results.parquet")
-        write_parquet(attacks_df, tmp / "attacks.parquet")
-        write_json(spec, tmp / "spec.json")
-        figs = _figures(tmp / "figures", model, images, maps, results, attacks_df, cfg)
-        _report(tmp, figs, results, attacks_df, compromised, spec)
-    bar.update()
-    bar.close()
-    log.info("demo written to %s in %.1f s", out, time.perf_counter() - t0)
+    }) for name, res in results.items()], ignore_index=True)
+    out = {"results": pd.concat(rows, ignore_index=True), "attacks": attacks}
+    if i == 0 and spec.examples:
+        out["examples"] = _examples(images, raw, names, spec.examples)
     return out
 
 
-def _compromised(results: pd.DataFrame) -> pd.DataFrame:
-    """Per attack × explainer × layer: fraction of the images whose attack succeeded that compromise the
-    layer (seed 000 rule, § IV-E), and ``images``, how many were counted."""
-    table = compromise_table(results, "median", by=("attack", "explainer"))
-    return (table.groupby(["attack", "explainer", "layer_index", "layer"])
+def _examples(images: dict[str, torch.Tensor], raw, names, k: int) -> dict[str, torch.Tensor]:
+    """``"image|condition|image"`` and ``"image|condition|layer"`` (the first explainer's min–max map, fp16)
+    of the first ``k`` images, for the report's grids."""
+    from ..explain.api import normalize_maps
+
+    method = next(iter(raw["clean"]))
+    out = {}
+    for j in range(min(k, len(images["clean"]))):
+        for cond, xc in images.items():
+            out[f"{names[j]}|{cond}|image"] = xc[j]
+            for layer, m in raw[cond][method].items():
+                out[f"{names[j]}|{cond}|{layer}"] = normalize_maps(m[j:j + 1])[0].half()
+    return out
+
+
+def derived(meta: dict, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """Every number of the report: ``attack_summary`` (success, noise flips, confidence, PSNR, L∞, time per
+    attack), ``median_cosine`` (per attack × explainer × layer, adversarial vs noise) and
+    ``compromise_probability`` (over the images each attack fooled, seed 000 § IV-E)."""
+    res, att = tables["results"], tables["attacks"]
+    summary = att.groupby("attack", sort=False).agg(
+        images=("image", "nunique"), success_rate=("success", "mean"), noise_flip_rate=("noise_flips", "mean"),
+        mean_confidence=("adv_confidence", "mean"), mean_psnr_db=("psnr", "mean"), max_linf=("linf", "max"),
+        seconds_per_image=("time_s", "mean")).reset_index()
+    per_layer = (res.groupby(["attack", "explainer", "condition", "layer_index", "layer"], sort=False).cosine
+                 .median().unstack("condition").reset_index()
+                 .rename(columns={"adversarial": "median_cos_adversarial", "noise": "median_cos_noise"}))
+    comp = compromise_table(res, "median", by=("attack", "explainer"))
+    prob = (comp.groupby(["attack", "explainer", "layer_index", "layer"], sort=False)
             .agg(compromise_probability=("compromised", "mean"), images=("image", "nunique")).reset_index())
+    return {"attack_summary": summary, "median_cosine": per_layer, "compromise_probability": prob}
 
 
-def _figures(folder: Path, model, images, maps, results, attacks_df, cfg) -> dict[str, list[Path]]:
-    layers = list(model.layers)
-    picks = [layers[round(i * (len(layers) - 1) / 4)] for i in range(5)]  # 5 depths, first to last
-    figs: dict[str, list[Path]] = {"grids": [], "shift": [], "attacks": []}
-    for i in range(min(2, len(images["clean"]))):
-        for m in cfg.methods[:1]:
-            figs["grids"].append(map_grid(
-                folder / f"grid_{i}_{m}.png", images, {c: maps[c][m] for c in images}, picks, index=i,
-                title=f"{m} at five depths of {model.name}",
-            ))
-    for m in cfg.methods:
-        df = results[results.explainer == m].assign(
-            condition=lambda d: d.condition + " (" + d.attack + ")"
-        )
-        figs["shift"].append(layer_shift_plot(
-            folder / f"shift_{m}.png", df, x="layer", y="cosine", hue="condition", layer_order=layers,
-            title=f"{m}: cosine similarity to the clean map, per layer",
-        ))
-    figs["attacks"].append(bar_plot(
-        folder / "attacks.png", attacks_df.assign(success=attacks_df.success.astype(float)),
-        x="attack", y="success", title="attack success rate",
-    ))
-    return figs
-
-
-def _report(folder: Path, figs, results, attacks_df, compromised, spec) -> Path:
-    summary = attacks_df.groupby("attack").agg(
-        success_rate=("success", "mean"), noise_flip_rate=("noise_flips", "mean"),
-        mean_confidence=("adv_confidence", "mean"), mean_psnr_db=("psnr", "mean"),
-        max_linf=("linf", "max"), seconds_per_image=("time_s", "mean"),
-    ).reset_index()
-    per_layer = results.groupby(["attack", "explainer", "condition", "layer_index", "layer"]).cosine.median().unstack("condition")
-    per_layer = per_layer.reset_index().rename(columns={"adversarial": "median_cos_adversarial", "noise": "median_cos_noise"})
-    top = compromised.sort_values("compromise_probability", ascending=False).groupby(["attack", "explainer"]).head(3)
+def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str, torch.Tensor]) -> Path:
+    spec = meta["spec"]
+    d = tables if "attack_summary" in tables else {**tables, **derived(meta, tables)}
+    res, att = tables["results"], tables["attacks"]
+    layers = list(dict.fromkeys(res.sort_values("layer_index").layer))
+    figs = out / "figures"
+    shift = []
+    for m in spec["explainers"]:
+        df = res[res.explainer == m].assign(condition=lambda t: t.condition + " (" + t.attack + ")")
+        shift.append(layer_shift_plot(figs / f"shift_{m}.png", df, x="layer", y="cosine", hue="condition",
+                                      layer_order=layers, title=f"{m}: cosine similarity to the clean map, per layer"))
+    n = att.image.nunique()
+    bars = [bar_plot(figs / "attacks.png", d["attack_summary"], x="attack", y="success_rate", errorbars=False,
+                     title=f"attack success rate ({n} images)", ylabel="success rate")]
+    top = (d["compromise_probability"].sort_values("compromise_probability", ascending=False)
+           .groupby(["attack", "explainer"], sort=False).head(3))
     sections = [
-        Section("Attacks", f"Untargeted attacks on {spec['n_images']} images against their clean predictions.",
-                figs["attacks"], [summary, attacks_df]),
+        Section("Attacks", f"Untargeted attacks on {n} images against their clean predictions.", bars,
+                [d["attack_summary"], att]),
         Section("Explanation shift per layer",
                 "Cosine similarity between each layer's map of the clean image and of the attacked image, "
                 "versus Gaussian noise with the same mean and standard deviation (seed 000). Lines: median; "
-                "bands: interquartile range.", figs["shift"], [per_layer]),
+                "bands: interquartile range.", shift, [d["median_cosine"]]),
         Section("Maps at several depths", "Rows: clean, adversarial and matched-noise images; columns: layers.",
-                figs["grids"]),
+                _grids(figs, examples, layers)),
         Section("Compromised layers",
                 "Fraction of the adversarial examples (images whose attack succeeded; 'images' counts them) "
                 "whose adversarial similarity falls below the layer's median noise similarity (seed 000); the "
                 "three most compromised layers per attack and method.", [], [top]),
     ]
-    params = {k: v for k, v in spec.items() if k not in ("versions", "image_names")}
-    return write_report(folder / "report.html", "advlens demo", sections, params, spec["versions"])
+    params = {k: v for k, v in spec.items() if k != "models"}
+    return write_report(out / "report.html", "advlens demo", sections, params, meta.get("versions", {}))
+
+
+def _grids(figs: Path, examples: dict[str, torch.Tensor], layers: list[str]) -> list[Path]:
+    """One grid per example image: its conditions (rows) at five depths, first to last layer (columns)."""
+    picks = [layers[round(i * (len(layers) - 1) / 4)] for i in range(5)] if len(layers) > 5 else layers
+    names = list(dict.fromkeys(k.split("|")[0] for k in examples))
+    paths = []
+    for j, name in enumerate(names):
+        conds = list(dict.fromkeys(k.split("|")[1] for k in examples if k.startswith(f"{name}|")))
+        rows = {c: examples[f"{name}|{c}|image"][None].float() for c in conds}
+        maps = {c: {layer: examples[f"{name}|{c}|{layer}"][None].float() for layer in picks} for c in conds}
+        paths.append(map_grid(figs / f"grid_{j}.png", rows, maps, picks, title=f"{name}: maps at five depths"))
+    return paths

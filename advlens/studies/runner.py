@@ -266,8 +266,8 @@ def read_tables(out: str | Path) -> tuple[dict[str, Any], dict[str, pd.DataFrame
         raise AdvlensError(f"cannot read {out / 'spec.json'}: {type(e).__name__}: {e}") from None
     if not isinstance(meta, dict):
         raise AdvlensError(f"{out / 'spec.json'} is not a study record (a JSON object)")
-    if meta.get("study") == "demo":
-        raise AdvlensError(f"{out} is a demo folder: its report was written by `advlens demo`, which rebuilds it")
+    if meta.get("study") == "demo":  # the demo before it became a study (no 'spec' record)
+        raise AdvlensError(f"{out} was written by an older `advlens demo`; run `advlens demo` into a new folder")
     study = meta.get("spec", {}).get("study") if isinstance(meta.get("spec"), dict) else None
     if study not in list_studies():
         raise unknown_name(f"study in {out / 'spec.json'}:", study, list_studies())

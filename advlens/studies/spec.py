@@ -177,7 +177,7 @@ def _discover() -> dict[str, type[StudySpec]]:
     from .. import studies
 
     for info in pkgutil.iter_modules(studies.__path__):
-        if not info.name.startswith("_") and info.name not in ("spec", "runner", "demo"):
+        if not info.name.startswith("_") and info.name not in ("spec", "runner"):
             importlib.import_module(f"{studies.__name__}.{info.name}")  # cached after the first time
     return _REGISTRY
 
