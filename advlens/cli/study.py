@@ -21,10 +21,10 @@ def _cmd_demo(args: argparse.Namespace) -> None:
 
 def _cmd_study(args: argparse.Namespace) -> None:
     from ..studies.runner import run_study
-    from ..studies.spec import PRESETS, load_spec
+    from ..studies.spec import list_presets, load_spec
 
     if args.spec is None and args.preset is None:
-        raise AdvlensError(f"give a spec file (advlens study SPEC.toml) or --preset NAME ({', '.join(PRESETS)})")
+        raise AdvlensError(f"give a spec file (advlens study SPEC.toml) or --preset NAME ({', '.join(list_presets())})")
     spec = load_spec(args.spec, args.preset, limit=args.limit, seed=args.seed, device=args.device,
                      batch_size=args.batch_size, precision=args.precision, channels_last=args.channels_last,
                      compile=args.compile)

@@ -61,7 +61,31 @@ class DefensesSpec(StudySpec):
     fit_size: FitSize
 
 
-register_study("defenses", DefensesSpec)
+# Defenses (seed 001 Table 1, seed 004 Sec. VII-G / Table VI, seed 002's blur) under transfer, plain and
+# adaptive (BPDA / EOT) attacks; explanation shift as Kendall tau of Grad-CAM.
+register_study("defenses", DefensesSpec, presets={"defenses": {
+    "models": [{"model": "small_vgg_digits", "data": "digits", "split": "test"},
+               {"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500},
+               {"model": "small_vgg_lfw", "data": "lfw", "split": "test"}],
+    "attack": {"method": "fgsm+pgd+onepixel", "fgsm": {"eps": 0.1},
+               "pgd": {"eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
+               "onepixel": {"pixels": 1, "popsize": 50, "iterations": 20}, "onepixel_limit": 32, "eot": 8,
+               "sweep": [2 / 255, 4 / 255, 6 / 255, 8 / 255, 9 / 255, 10 / 255], "sweep_steps": 10},
+    "defenses": [
+        {"kind": "none"},
+        {"kind": "median", "k": 3, "attacks": ["fgsm", "pgd"]},
+        {"kind": "squeeze", "bits": 3, "attacks": ["fgsm", "pgd"]},
+        {"kind": "blur", "sigma": 1.0, "attacks": ["fgsm", "pgd"]},
+        {"kind": "jpeg", "quality": 75, "attacks": ["fgsm", "pgd"]},
+        {"kind": "noise", "sigma": 0.1, "attacks": ["fgsm", "pgd"]},
+        {"kind": "retrain-fgsm", "epochs": 3},
+        {"kind": "retrain-onepixel", "epochs": 3, "n_attack": 300, "popsize": 50, "iterations": 20},
+        {"kind": "pgd_at", "eps": 0.031, "steps": 5, "epochs": 3, "attacks": ["fgsm", "pgd"]},
+        {"kind": "robust", "eps": 0.031, "steps": 5, "epochs": 3, "attacks": ["fgsm", "pgd"]},
+    ],
+    "detectors": [{"kind": "behavior", "copies": 20}, {"kind": "ensemble", "interpreters": ["grad", "cam"]}],
+    "limit": 128, "fit_size": 300,
+}})
 
 #: training defenses: kind -> (recipe, its fixed arguments)
 TRAINED = {

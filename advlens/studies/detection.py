@@ -57,7 +57,23 @@ class DetectionSpec(StudySpec):
     fit_size: FitSize
 
 
-register_study("detection", DetectionSpec)
+# Seed 002 (Tan et al.): adversarial perturbation amplified 25 %-400 % vs matched Gaussian noise vs clean;
+# behaviour deviation (per-image PCA, 50 copies, the paper's median rule), NoiseCAM + DBSCAN, and seed 004's
+# interpretation ensemble trained on AdvEdge examples: every interpreter subset (Tables IV-V), and the 2-channel
+# (a, b), 3-channel (a, b, a*b) and small-CNN variants of grad + cam on the same split; Gaussian-blur accuracy
+# beside. PGD stands in for DLFuzz.
+register_study("detection", DetectionSpec, presets={"seed002": {
+    "models": [{"model": "small_vgg_digits", "data": "digits", "split": "test"},
+               {"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500}],
+    "attack": {"method": "pgd", "eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
+    "strengths": [0.25, 0.5, 1.0, 2.0, 4.0],
+    "detectors": [{"kind": "behavior", "copies": 50}, {"kind": "noisecam"},
+                  {"kind": "ensemble", "interpreters": ["grad", "cam", "mask"], "backbone": "pixels",
+                   "options": {"mask": {"steps": 100}}, "sets": True},
+                  {"kind": "ensemble", "interpreters": ["grad", "cam"], "channels": "abc"},
+                  {"kind": "ensemble", "interpreters": ["grad", "cam"], "backbone": "cnn"}],
+    "limit": 64, "fit_size": 300, "batch_size": 64,
+}})
 
 #: detectors of a spec that lists none
 DEFAULT_DETECTORS = [{"kind": "behavior"}, {"kind": "noisecam"}, {"kind": "ensemble"}]

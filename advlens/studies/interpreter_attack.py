@@ -47,7 +47,14 @@ class InterpreterAttackSpec(StudySpec):
     explainers: Explainers
 
 
-register_study("interpreter_attack", InterpreterAttackSpec)
+# Seed 004 (Abdukhamidov et al.): ADV², AdvEdge, AdvEdge⁺ over PGD against Grad, CAM, MASK and RTS,
+# eps 0.031, alpha 1/255, 300 iterations, random target classes; C&W and StAdv via "bases".
+register_study("interpreter_attack", InterpreterAttackSpec, presets={"seed004": {
+    "models": [{"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500}],
+    "attack": {"method": "advedge", "bases": ["pgd"], "variants": ["adv2", "advedge", "advedge+"],
+               "targeted": True, "eps": 0.031, "alpha": 1 / 255, "steps": 300, "mask_steps": 100},
+    "explainers": ["grad", "cam", "mask", "rts"], "limit": 32,
+}})
 
 VARIANTS = ("adv2", "advedge", "advedge+")
 #: attack parameters each base framework takes from ``spec.attack`` (the rest are shared)

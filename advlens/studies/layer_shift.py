@@ -102,7 +102,14 @@ def minmax_metrics(metrics, map_normalization: str = "max") -> list[str]:
     return [m for m in metrics if map_normalization == "minmax" or m != "cosine"]
 
 
-register_study("layer_shift", LayerShiftSpec)
+# Seed 000 (Renkhoff, Tan et al.): DLFuzz perturbation, strengths 25 %–400 %, matched Gaussian noise,
+# Grad-CAM at every layer, cosine similarity, per-layer median-noise threshold.
+register_study("layer_shift", LayerShiftSpec, presets={"seed000": {
+    "model": "efficientnet_lite0", "data": "samples",
+    "attack": {"method": "dlfuzz", "strategy": 1, "threshold": 0.25, "neurons": 10, "iterations": 1,
+               "step": 0.5 / 255, "lam": 0.5},
+    "strengths": [0.25, 0.5, 1.0, 2.0, 4.0], "explainers": ["gradcam"], "metrics": ["cosine"],
+}})
 
 
 def plan(spec: LayerShiftSpec) -> list[Unit]:

@@ -76,7 +76,22 @@ def paper_layer(model, computed: list[str]) -> str:
     return max(known, key=order.index) if known else computed[-1]
 
 
-register_study("mod_vid", ModVidSpec)
+# Seed 003 (Chakraborty et al.): FGSM eps 0.01-0.1 white-box and transferred from another architecture
+# (§ 4.1: made on one ResNet-50, applied to every other network; here small_resnet_<data> -> small_vgg_<data>),
+# Grad-CAM at every layer, NISSIM, MOD/VID at the last conv layer, PSNR and accuracy per eps.
+register_study("mod_vid", ModVidSpec, presets={"seed003": {
+    "models": [
+        {"model": "small_vgg_lfw", "data": "lfw", "split": "test",
+         "surrogate": {"model": "small_resnet_lfw"}},
+        {"model": "small_vgg_digits", "data": "digits", "split": "test",
+         "surrogate": {"model": "small_resnet_digits"}},
+        {"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500,
+         "surrogate": {"model": "small_resnet_shapes"}},
+        {"model": "efficientnet_lite0", "data": "samples"},
+    ],
+    "attack": {"method": "fgsm"}, "strengths": [0.01, 0.05, 0.075, 0.1],
+    "explainers": ["gradcam"], "metrics": ["nissim"],
+}})
 
 
 def plan(spec: ModVidSpec) -> list[Unit]:

@@ -42,7 +42,16 @@ class SignaturesSpec(StudySpec):
 
 
 
-register_study("signatures", SignaturesSpec)
+# Seed 001 (Klawikowska et al.): iterative FGSM and one-pixel on trained models, LRP (preset A flat) of
+# clean vs attacked images, accuracy per test set (Table 1 'Clear'), UMAP of LRP signatures (Figs. 4-6).
+# One-pixel: Su et al.'s population 400 and F 0.5; 30 generations (not 100) keep a CPU run in minutes.
+register_study("signatures", SignaturesSpec, presets={"seed001": {
+    "models": [{"model": "small_vgg_digits", "data": "digits", "split": "test"},
+               {"model": "small_vgg_lfw", "data": "lfw", "split": "test"}],
+    "attack": {"method": "ifgsm+onepixel", "ifgsm": {"eps_step": 1 / 255, "max_eps": 32 / 255},
+               "onepixel": {"pixels": 1, "popsize": 400, "iterations": 30}},
+    "limit": 32, "batch_size": 32,
+}})
 
 _ATTACKS = {"fgsm": "ifgsm", "one-pixel": "onepixel"}
 SIGNATURE_SIZE = 16  # LRP maps are average-pooled to 16×16 = 256 numbers per image

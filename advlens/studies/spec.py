@@ -33,7 +33,7 @@ from typing_extensions import Required, TypedDict
 from .._checks import AdvlensError, unknown_name
 from ..models.wrapper import COMPILE_MODES
 
-__all__ = ["StudySpec", "load_spec", "register_study", "list_studies", "settings_for", "PRESETS",
+__all__ = ["StudySpec", "load_spec", "register_study", "list_studies", "list_presets", "settings_for",
            "ModelEntry", "Strengths", "Explainers", "Layers", "Metrics", "KindTables", "FitSize"]
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -161,14 +161,22 @@ class StudySpec(BaseModel):
 assert set(StudySpec.model_fields["compile"].annotation.__args__) == {"off", *COMPILE_MODES}  # one list of modes
 
 _REGISTRY: dict[str, type[StudySpec]] = {}
+_PRESETS: dict[str, dict[str, Any]] = {}
 
 
-def register_study(name: str, settings: type[StudySpec]) -> type[StudySpec]:
-    """Register study ``name`` (a module ``advlens.studies.<name>`` with ``plan`` and ``report``) and its
-    settings class. Returns ``settings``; registering a name twice with another class is refused."""
+def register_study(name: str, settings: type[StudySpec],
+                   presets: dict[str, dict[str, Any]] | None = None) -> type[StudySpec]:
+    """Register study ``name`` (a module ``advlens.studies.<name>`` with ``plan``, ``report`` and optionally
+    ``derived``), its settings class and its presets (``{preset: spec keys}``, the study's key added), next to
+    the study. Returns ``settings``; a name or preset registered twice with another value is refused."""
     if _REGISTRY.get(name, settings) is not settings:
         raise ValueError(f"study {name!r} is already registered")
     _REGISTRY[name] = settings
+    for preset, keys in (presets or {}).items():
+        full = {"study": name, **keys}
+        if _PRESETS.get(preset, full) != full:
+            raise ValueError(f"study preset {preset!r} is already registered")
+        _PRESETS[preset] = full
     return settings
 
 
@@ -195,99 +203,21 @@ def settings_for(study: object) -> type[StudySpec]:
     return found[study]
 
 
-def __getattr__(name: str) -> Any:  # STUDIES is computed on first use (it imports the study modules)
+def list_presets() -> list[str]:
+    """Names of the registered study presets (each registered beside its study)."""
+    _discover()
+    return sorted(_PRESETS)
+
+
+def __getattr__(name: str) -> Any:  # STUDIES and PRESETS are computed on first use (they import the studies)
     if name == "STUDIES":
         return tuple(list_studies())
+    if name == "PRESETS":
+        _discover()
+        return dict(_PRESETS)
     raise AttributeError(name)
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # Seed 000 (Renkhoff, Tan et al.): DLFuzz perturbation, strengths 25 %–400 %, matched Gaussian noise,
-    # Grad-CAM at every layer, cosine similarity, per-layer median-noise threshold.
-    "seed000": {
-        "study": "layer_shift", "model": "efficientnet_lite0", "data": "samples",
-        "attack": {"method": "dlfuzz", "strategy": 1, "threshold": 0.25, "neurons": 10, "iterations": 1,
-                   "step": 0.5 / 255, "lam": 0.5},
-        "strengths": [0.25, 0.5, 1.0, 2.0, 4.0], "explainers": ["gradcam"], "metrics": ["cosine"],
-    },
-    # Seed 003 (Chakraborty et al.): FGSM eps 0.01-0.1 white-box and transferred from another architecture
-    # (§ 4.1: made on one ResNet-50, applied to every other network; here small_resnet_<data> -> small_vgg_<data>),
-    # Grad-CAM at every layer, NISSIM, MOD/VID at the last conv layer, PSNR and accuracy per eps.
-    "seed003": {
-        "study": "mod_vid",
-        "models": [
-            {"model": "small_vgg_lfw", "data": "lfw", "split": "test",
-             "surrogate": {"model": "small_resnet_lfw"}},
-            {"model": "small_vgg_digits", "data": "digits", "split": "test",
-             "surrogate": {"model": "small_resnet_digits"}},
-            {"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500,
-             "surrogate": {"model": "small_resnet_shapes"}},
-            {"model": "efficientnet_lite0", "data": "samples"},
-        ],
-        "attack": {"method": "fgsm"}, "strengths": [0.01, 0.05, 0.075, 0.1],
-        "explainers": ["gradcam"], "metrics": ["nissim"],
-    },
-    # Seed 004 (Abdukhamidov et al.): ADV², AdvEdge, AdvEdge⁺ over PGD against Grad, CAM, MASK and RTS,
-    # eps 0.031, alpha 1/255, 300 iterations, random target classes; C&W and StAdv via "bases".
-    "seed004": {
-        "study": "interpreter_attack",
-        "models": [{"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500}],
-        "attack": {"method": "advedge", "bases": ["pgd"], "variants": ["adv2", "advedge", "advedge+"],
-                   "targeted": True, "eps": 0.031, "alpha": 1 / 255, "steps": 300, "mask_steps": 100},
-        "explainers": ["grad", "cam", "mask", "rts"], "limit": 32,
-    },
-    # Seed 001 (Klawikowska et al.): iterative FGSM and one-pixel on trained models, LRP (preset A flat) of
-    # clean vs attacked images, accuracy per test set (Table 1 'Clear'), UMAP of LRP signatures (Figs. 4-6).
-    # One-pixel: Su et al.'s population 400 and F 0.5; 30 generations (not 100) keep a CPU run in minutes.
-    "seed001": {
-        "study": "signatures",
-        "models": [{"model": "small_vgg_digits", "data": "digits", "split": "test"},
-                   {"model": "small_vgg_lfw", "data": "lfw", "split": "test"}],
-        "attack": {"method": "ifgsm+onepixel", "ifgsm": {"eps_step": 1 / 255, "max_eps": 32 / 255},
-                   "onepixel": {"pixels": 1, "popsize": 400, "iterations": 30}},
-        "limit": 32, "batch_size": 32,
-    },
-    # Seed 002 (Tan et al.): adversarial perturbation amplified 25 %-400 % vs matched Gaussian noise vs clean;
-    # behaviour deviation (PCA, 50 copies), NoiseCAM + DBSCAN, and seed 004's interpretation ensemble with
-    # every interpreter subset (Tables IV-V); Gaussian-blur accuracy beside. PGD stands in for DLFuzz.
-    "seed002": {
-        "study": "detection",
-        "models": [{"model": "small_vgg_digits", "data": "digits", "split": "test"},
-                   {"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500}],
-        "attack": {"method": "pgd", "eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
-        "strengths": [0.25, 0.5, 1.0, 2.0, 4.0],
-        "detectors": [{"kind": "behavior", "copies": 50}, {"kind": "noisecam"},
-                      {"kind": "ensemble", "interpreters": ["grad", "cam", "mask"], "backbone": "pixels",
-                       "options": {"mask": {"steps": 100}}, "sets": True}],
-        "limit": 64, "fit_size": 300, "batch_size": 64,
-    },
-    # Defenses (seed 001 Table 1, seed 004 Sec. VII-G / Table VI, seed 002's blur) under transfer, plain and
-    # adaptive (BPDA / EOT) attacks; explanation shift as Kendall tau of Grad-CAM.
-    "defenses": {
-        "study": "defenses",
-        "models": [{"model": "small_vgg_digits", "data": "digits", "split": "test"},
-                   {"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500},
-                   {"model": "small_vgg_lfw", "data": "lfw", "split": "test"}],
-        "attack": {"method": "fgsm+pgd+onepixel", "fgsm": {"eps": 0.1},
-                   "pgd": {"eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
-                   "onepixel": {"pixels": 1, "popsize": 50, "iterations": 20}, "onepixel_limit": 32, "eot": 8,
-                   "sweep": [2 / 255, 4 / 255, 6 / 255, 8 / 255, 9 / 255, 10 / 255], "sweep_steps": 10},
-        "defenses": [
-            {"kind": "none"},
-            {"kind": "median", "k": 3, "attacks": ["fgsm", "pgd"]},
-            {"kind": "squeeze", "bits": 3, "attacks": ["fgsm", "pgd"]},
-            {"kind": "blur", "sigma": 1.0, "attacks": ["fgsm", "pgd"]},
-            {"kind": "jpeg", "quality": 75, "attacks": ["fgsm", "pgd"]},
-            {"kind": "noise", "sigma": 0.1, "attacks": ["fgsm", "pgd"]},
-            {"kind": "retrain-fgsm", "epochs": 3},
-            {"kind": "retrain-onepixel", "epochs": 3, "n_attack": 300, "popsize": 50, "iterations": 20},
-            {"kind": "pgd_at", "eps": 0.031, "steps": 5, "epochs": 3, "attacks": ["fgsm", "pgd"]},
-            {"kind": "robust", "eps": 0.031, "steps": 5, "epochs": 3, "attacks": ["fgsm", "pgd"]},
-        ],
-        "detectors": [{"kind": "behavior", "copies": 20}, {"kind": "ensemble", "interpreters": ["grad", "cam"]}],
-        "limit": 128, "fit_size": 300,
-    },
-}
 
 
 def _one_line(error: ValidationError, where: str, settings: type[StudySpec]) -> AdvlensError:
@@ -324,9 +254,9 @@ def load_spec(source: str | Path | None = None, preset: str | None = None, **ove
     data: dict[str, Any] = {}
     where = "study spec"
     if preset is not None:
-        if preset not in PRESETS:
-            raise unknown_name("study preset", preset, PRESETS)
-        data.update(copy.deepcopy(PRESETS[preset]))
+        if preset not in list_presets():
+            raise unknown_name("study preset", preset, list_presets())
+        data.update(copy.deepcopy(_PRESETS[preset]))
         where = f"preset {preset}"
     if source is not None:
         path = Path(source)
