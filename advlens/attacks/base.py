@@ -16,7 +16,6 @@ import difflib
 import inspect
 import time
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +25,9 @@ from torch.nn import functional as F
 from .._checks import (
     AdvlensError, check_callable, check_images, check_int, check_labels, check_layers, check_number, unknown_name,
 )
-from ..explain.api import LAYER_METHODS, layers_for, maps_from_pass
+from ..explain.api import layers_for, maps_from_pass, pass_context
+from ..explain.methods import method_info
 from ..explain.engine import check_model, forward_backward
-from ..explain.gradient import smooth_relu
 from ..explain.batching import resolve_batch_size, run_batched
 from ..models.wrapper import ClassifierModel
 
@@ -116,15 +115,15 @@ def forward_penalty(
     with torch.enable_grad():
         if explainer is not None:
             method = explainer.get("method", "gradcam")
-            if method not in (*LAYER_METHODS, "cam", "saliency", "grad"):
+            info = method_info(method)
+            if not info.shares_pass:
                 raise AdvlensError(f"explainer method {method!r} cannot share the attack's forward; "
                                    "compute it inside loss_fn instead")
             names = layers_for(model, method, explainer.get("layers", "all"))
-            smooth = smooth_relu(model, explainer.get("tau", 1e-4)) if method == "grad" else nullcontext()
-            with smooth:
+            with pass_context(model, method, explainer.get("tau")):
                 p = forward_backward(
                     model, xa, names, explainer.get("target"), create_graph=True,
-                    input_grad=method in ("saliency", "grad"), check=False,
+                    input_grad=info.kind == "input", check=False,
                 )
             logits = p.logits
             maps = maps_from_pass(model, p, {method: names})

@@ -23,15 +23,15 @@ from ..detect.base import Detector, auto_batch
 from ..detect.behavior import BehaviorDeviation
 from ..detect.ensemble import EnsembleDetector, _layers
 from ..explain import explain
-from ..explain.api import LAYER_METHODS
+from ..explain.methods import list_methods, method_info
 from ..explain.engine import check_model
 from ..metrics import cosine
 
 __all__ = ["DIFFERENTIABLE_INTERPRETERS", "detector_attack", "differentiable_score", "soft_decision"]
 
-#: interpreters whose maps ``explain(..., create_graph=True)`` differentiates w.r.t. the input
-#: (MASK is an optimisation, RTS a separately trained masker: not attacked here)
-DIFFERENTIABLE_INTERPRETERS = (*LAYER_METHODS, "cam", "saliency", "grad", "smoothgrad")
+#: interpreters whose maps ``explain(..., create_graph=True)`` differentiates w.r.t. the input (the
+#: registry's ``differentiable``; MASK is an optimisation and LRP's backward is not differentiable)
+DIFFERENTIABLE_INTERPRETERS = tuple(m for m in list_methods() if method_info(m).differentiable)
 
 
 def _tree_paths(state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:

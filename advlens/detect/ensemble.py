@@ -44,7 +44,7 @@ from torch import nn
 from .._checks import AdvlensError, check_choice, check_images, check_int, unknown_name
 from .._rng import image_generators
 from ..explain import explain
-from ..explain.api import OWN_PASS_METHODS, list_methods
+from ..explain.methods import list_methods, method_info
 from ..explain.engine import capture, check_model
 from .base import Detector
 from .boosting import decision, fit_boosting
@@ -73,7 +73,7 @@ _CNN_PREFIX = "cnn."
 
 
 def _layers(model, method: str):
-    if method in OWN_PASS_METHODS or method in ("saliency", "cam"):
+    if method_info(method).kind != "layer":  # input-pixel maps, or CAM at its own layer
         return "all"
     return [model.cam_layer or list(model.layers)[-1]]
 

@@ -2,69 +2,38 @@
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 from torch.nn import functional as F
 
+from contextlib import nullcontext
+
 from .._checks import AdvlensError, check_bool, check_images, check_int, check_layers, check_number, unknown_name
 from ..models.wrapper import ClassifierModel
 from .batching import concat_maps, resolve_batch_size, run_batched
-from . import cam as _cam
 from .engine import Pass, check_model, forward_backward
-from .gradient import grad_map, saliency_from_grad, smoothgrad
-from .lrp import lrp
-from .mask import mask
-from .rts import rts
+from .gradient import smooth_relu
+from .methods import METHODS, Method, list_methods, method_info
 
-__all__ = [
-    "explain", "explain_many", "layers_for", "list_methods", "maps_from_pass", "method_options", "normalize_maps",
-    "LAYER_METHODS", "OWN_PASS_METHODS",
-]
-
-#: Methods computed from (activation, gradient) pairs of a layer.
-LAYER_METHODS: dict[str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
-    "gradcam": _cam.gradcam,
-    "gradcam++": _cam.gradcam_pp,
-    "layercam": _cam.layercam,
-    "noisecam": _cam.noisecam,
-}
-_HEAD_METHODS = ("cam",)  # needs the classifier weights at model.cam_layer
-
-#: Input-pixel methods that need a pass of their own: ``fn(model, x, target, create_graph, **options)``
-#: → raw map ``[N,H,W]``; their keyword options are taken from the function's signature.
-OWN_PASS_METHODS: dict[str, Callable[..., torch.Tensor]] = {
-    "smoothgrad": smoothgrad, "grad": grad_map, "lrp": lrp, "mask": mask, "rts": rts,
-}
-#: own-pass methods whose map is not a differentiable function of ``x``
-_NOT_DIFFERENTIABLE = {"mask": "MASK is an optimisation; attack it with the bi-level step (adv2 interpreter='mask')"}
-_INPUT_METHODS = ("saliency", *OWN_PASS_METHODS)  # maps over input pixels, key "input"
-_NOT_OPTIONS = {"model", "x", "target", "create_graph", "seed"}
-
-
-def list_methods() -> list[str]:
-    """Names accepted by :func:`explain`."""
-    return [*LAYER_METHODS, *_HEAD_METHODS, *_INPUT_METHODS]
+__all__ = ["explain", "explain_many", "layers_for", "list_methods", "maps_from_pass", "method_options", "normalize_maps"]
 
 
 def method_options(method: str) -> set[str]:
-    """Keyword options a method with its own pass accepts (empty for one-pass methods)."""
-    fn = OWN_PASS_METHODS.get(method)
-    return set(inspect.signature(fn).parameters) - _NOT_OPTIONS if fn else set()
+    """Keyword options ``method`` accepts (own-pass methods' parameters, ``tau`` of ``grad``; see
+    :meth:`~advlens.explain.methods.Method.options`)."""
+    return set(method_info(method).options())
 
 
-def _own_pass(method: str, model: ClassifierModel, x: torch.Tensor, target, create_graph: bool,
+def _own_pass(info: Method, model: ClassifierModel, x: torch.Tensor, target, create_graph: bool,
               seed: int, options: dict[str, object]) -> torch.Tensor:
-    fn = OWN_PASS_METHODS[method]
-    params = inspect.signature(fn).parameters
-    kw = {k: v for k, v in options.items() if k in method_options(method)}
+    params = inspect.signature(info.fn).parameters
+    kw = {k: v for k, v in options.items() if k in params}
     if "seed" in params:
         kw["seed"] = seed
-    if create_graph and method in _NOT_DIFFERENTIABLE:
-        raise AdvlensError(f"create_graph=True: {_NOT_DIFFERENTIABLE[method]}")
     if "create_graph" in params:
         kw["create_graph"] = create_graph
-    return fn(model, x, target, **kw)
+    return info.fn(model, x, target, **kw)
 
 
 def normalize_maps(m: torch.Tensor) -> torch.Tensor:
@@ -83,16 +52,17 @@ def _finish(raw: torch.Tensor, size: tuple[int, int], normalize: bool) -> torch.
 
 def layers_for(model: ClassifierModel, method: str, layers: str | Sequence[str]) -> list[str]:
     """Layers ``method`` is computed at: none for input-pixel methods, the CAM layer for ``cam``."""
-    if method in _INPUT_METHODS:
+    kind = method_info(method).kind
+    if kind in ("input", "own"):
         return []
-    if method in _HEAD_METHODS:
+    if kind == "head":
         if model.cam_layer is None or model.classifier is None:
-            raise AdvlensError(f"cam needs a model with global pooling + linear head; {model.name} has none")
+            raise AdvlensError(f"{method} needs a model with global pooling + linear head; {model.name} has none")
         if layers == "all":
             return [model.cam_layer]
         names = model.resolve_layers(layers)
         if names != [model.cam_layer]:
-            raise AdvlensError(f"cam is defined only at {model.cam_layer!r} (the layer feeding global pooling)")
+            raise AdvlensError(f"{method} is defined only at {model.cam_layer!r} (the layer feeding global pooling)")
         return names
     return model.resolve_layers(layers)
 
@@ -113,15 +83,26 @@ def maps_from_pass(
     out: dict[str, dict[str, torch.Tensor]] = {}
     with torch.set_grad_enabled(p.create_graph):
         for m, names in per_method.items():
-            if m in LAYER_METHODS:
-                fn = LAYER_METHODS[m]
-                out[m] = {n: _finish(fn(p.acts[n], p.grads[n], eps), size, normalize) for n in names}
-            elif m == "cam":
+            info = METHODS[m]
+            if info.kind == "layer":
+                out[m] = {n: _finish(info.fn(p.acts[n], p.grads[n], eps), size, normalize) for n in names}
+            elif info.kind == "head":
                 w = model.classifier.weight[p.target]
-                out[m] = {n: _finish(_cam.cam(p.acts[n], w), size, normalize) for n in names}
-            elif m in ("saliency", "grad"):  # "grad": the pass ran under smooth_relu
-                out[m] = {"input": _finish(saliency_from_grad(p.input_grad), size, normalize)}
+                out[m] = {n: _finish(info.fn(p.acts[n], w), size, normalize) for n in names}
+            elif info.kind == "input":  # smooth_relu methods: the caller ran the pass under smooth_relu
+                out[m] = {"input": _finish(info.fn(p.input_grad), size, normalize)}
+            else:
+                raise AdvlensError(f"{m} needs a pass of its own; it cannot come from a shared pass")
     return out
+
+
+def pass_context(model: ClassifierModel, method: str, tau: object = None):
+    """The context the engine's pass runs in for ``method``: seed 004's smoothed ReLU for ``grad``
+    (``tau``: its smoothing, default the method's), else nothing."""
+    info = method_info(method)
+    if not info.smooth_relu:
+        return nullcontext()
+    return smooth_relu(model, info.extra_options["tau"] if tau is None else tau)
 
 
 def explain_many(
@@ -140,8 +121,9 @@ def explain_many(
     """Maps of several methods at all requested layers, sharing ONE forward and ONE backward.
 
     ``gradcam``, ``gradcam++``, ``layercam``, ``noisecam``, ``cam`` and ``saliency`` all come
-    from the same pass; the methods of :data:`OWN_PASS_METHODS` (``smoothgrad``, ``grad``, …)
-    need a pass of their own.
+    from the same pass (``grad``: the same pass through seed 004's smoothed ReLU); the ``own``
+    methods of :data:`~advlens.explain.methods.METHODS` (``smoothgrad``, ``lrp``, ``mask``, ``rts``)
+    need a computation of their own.
 
     Args:
         methods: a list of method names; the other arguments are those of :func:`explain`.
@@ -165,29 +147,38 @@ def explain_many(
     for m in methods:
         if not isinstance(m, str) or m not in list_methods():
             raise unknown_name("explanation method", m, list_methods())
-    accepted = set().union(*(method_options(m) for m in methods))
+    infos = {m: method_info(m) for m in methods}
+    accepted = set().union(*(set(i.options()) for i in infos.values()))
     unknown = sorted(set(options) - accepted)
     if unknown:
-        known = {m: sorted(method_options(m)) for m in OWN_PASS_METHODS}
+        known = {m: sorted(METHODS[m].options()) for m in list_methods() if METHODS[m].options()}
         raise AdvlensError(f"unknown explanation option(s) {unknown} for {methods} (options per method: {known})")
-    own = [m for m in methods if m in OWN_PASS_METHODS]
-    per_method = {m: layers_for(model, m, layers) for m in methods if m not in OWN_PASS_METHODS}
-    needed = list(dict.fromkeys(n for names in per_method.values() for n in names))
-    want_input = "saliency" in methods
+    if create_graph:
+        for i in infos.values():
+            if not i.differentiable:
+                raise AdvlensError(f"create_graph=True: {i.why_not}")
     out: dict[str, dict[str, torch.Tensor]] = {}
     logits = None
-    if needed or want_input:
-        p = forward_backward(model, x, needed, target, create_graph=create_graph, input_grad=want_input)
-        out = maps_from_pass(model, p, per_method, normalize, eps)
+    # the shared pass, then (grad) the same pass through the smoothed ReLU: one code path for every pass method
+    for smooth in (False, True):
+        group = {m: layers_for(model, m, layers) for m, i in infos.items() if i.shares_pass and i.smooth_relu == smooth}
+        if not group:
+            continue
+        needed = list(dict.fromkeys(n for names in group.values() for n in names))
+        want_input = any(infos[m].kind == "input" for m in group)
+        with pass_context(model, next(iter(group)), options.get("tau")) if smooth else nullcontext():
+            p = forward_backward(model, x, needed, target, create_graph=create_graph, input_grad=want_input)
+        out.update(maps_from_pass(model, p, group, normalize, eps))
         target = p.target if target is None else target
-        logits = p.logits
+        logits = p.logits if logits is None else logits
+    own = [i for i in infos.values() if not i.shares_pass]
     if own and target is None:
         with torch.no_grad():
             logits = model(x)
         target = logits.argmax(1)
-    for m in own:
-        raw = _own_pass(m, model, x, target, create_graph, seed, options)
-        out[m] = {"input": _finish(raw, tuple(x.shape[-2:]), normalize)}
+    for i in own:
+        raw = _own_pass(i, model, x, target, create_graph, seed, options)
+        out[i.name] = {"input": _finish(raw, tuple(x.shape[-2:]), normalize)}
     maps = {m: out[m] for m in methods}
     if not return_logits:
         return maps

@@ -10,9 +10,12 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from .methods import register_method
+
 __all__ = ["gradcam", "gradcam_pp_weights", "gradcam_pp", "layercam", "noisecam", "cam"]
 
 
+@register_method("gradcam", "layer", summary="Grad-CAM: ReLU(Σ_k mean(g^k) A^k) (seed 000 eq. 5)")
 def gradcam(A: torch.Tensor, g: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """Grad-CAM (Selvaraju et al.; seed 000 eq. 5, seed 003): ``ReLU(sum_k mean_ij(g^k) A^k)``.
 
@@ -40,16 +43,19 @@ def gradcam_pp_weights(A: torch.Tensor, g: torch.Tensor, eps: float = 0.0) -> to
     return (alpha * F.relu(g)).sum(dim=(2, 3), keepdim=True)
 
 
+@register_method("gradcam++", "layer", summary="Grad-CAM++ (seed 002 eqs. 10–12)")
 def gradcam_pp(A: torch.Tensor, g: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """Grad-CAM++ (Chattopadhay et al.; seed 002 eq. 12): ``ReLU(sum_k w_k A^k)``."""
     return F.relu((gradcam_pp_weights(A, g, eps) * A).sum(1))
 
 
+@register_method("layercam", "layer", summary="LayerCAM: ReLU(Σ_k ReLU(g) ⊙ A^k) (seed 002 eqs. 13–14)")
 def layercam(A: torch.Tensor, g: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """LayerCAM (Jiang et al.; seed 002 eqs. 13–14): ``ReLU(sum_k ReLU(g_ij^k) A_ij^k)``."""
     return F.relu((F.relu(g) * A).sum(1))
 
 
+@register_method("noisecam", "layer", summary="NoiseCAM: Grad-CAM++ global minus LayerCAM pixel weights (seed 002)")
 def noisecam(A: torch.Tensor, g: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     """NoiseCAM (seed 002, eqs. 15–17): Grad-CAM++ global weights minus LayerCAM pixel weights.
 
@@ -61,6 +67,7 @@ def noisecam(A: torch.Tensor, g: torch.Tensor, eps: float = 0.0) -> torch.Tensor
     return F.relu((w_noise * A).sum(1))
 
 
+@register_method("cam", "head", summary="CAM: Σ_k W_ck A^k at the layer feeding global pooling (seed 004 Sec. IV-D)")
 def cam(A: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """CAM (Zhou et al.; seed 004): ``sum_k W[c,k] A^k`` at the layer feeding global pooling.
 

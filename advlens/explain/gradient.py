@@ -11,8 +11,9 @@ from .._checks import check_int, check_number
 from .._rng import randn_per_image
 from ..models.wrapper import ClassifierModel
 from .engine import forward_backward, resolve_target
+from .methods import register_method
 
-__all__ = ["grad_map", "saliency_from_grad", "smoothgrad", "smooth_relu", "smooth_relu_grad"]
+__all__ = ["saliency_from_grad", "smoothgrad", "smooth_relu", "smooth_relu_grad"]
 
 
 def smooth_relu_grad(z: torch.Tensor, tau: float) -> torch.Tensor:
@@ -64,11 +65,15 @@ def smooth_relu(model: ClassifierModel, tau: float = 1e-4) -> Iterator[int]:
             m.__dict__.pop("forward", None)
 
 
+@register_method("grad", "input", smooth_relu=True, extra_options={"tau": 1e-4},
+                 summary="seed 004's Grad: saliency through the smoothed ReLU (Sec. IV-C), twice differentiable")
+@register_method("saliency", "input", summary="saliency: max_c |∂y/∂x_c| (Simonyan et al.)")
 def saliency_from_grad(grad: torch.Tensor) -> torch.Tensor:
     """Saliency (Simonyan et al.): ``max_c |d score / d x_c|`` → ``[N,H,W]`` from ``grad`` ``[N,C,H,W]``."""
     return grad.abs().amax(dim=1)
 
 
+@register_method("smoothgrad", "own", summary="SmoothGrad: mean saliency over noisy copies (Smilkov et al.)")
 def smoothgrad(
     model: ClassifierModel,
     x: torch.Tensor,
@@ -111,23 +116,3 @@ def smoothgrad(
         idx = torch.arange(i, i + len(chunk), device=x.device) % n
         total = total.index_add(0, idx, sal)
     return total / n_samples
-
-
-def grad_map(
-    model: ClassifierModel,
-    x: torch.Tensor,
-    target: int | torch.Tensor | None = None,
-    create_graph: bool = False,
-    tau: float = 1e-4,
-) -> torch.Tensor:
-    """Seed 004's Grad interpreter: ``max_c |∂ f_y(x) / ∂x_c|`` through the smoothed ReLU.
-
-    Same as ``saliency`` except that every ReLU back-propagates ``h(z)`` of
-    :func:`smooth_relu_grad`, which makes the map twice differentiable (what attacks on Grad
-    need, seed 004 Sec. IV-C). For ``τ → 0`` it tends to the saliency map.
-
-    Shape: ``x`` ``[N,3,H,W]`` → ``[N,H,W]`` (raw).
-    """
-    with smooth_relu(model, tau):
-        p = forward_backward(model, x, [], target, create_graph=create_graph, input_grad=True, check=False)
-    return saliency_from_grad(p.input_grad)

@@ -55,6 +55,7 @@ from .._checks import AdvlensError, check_images, check_int, check_number, unkno
 from ..models.small_vgg import SmallVGG
 from ..models.wrapper import ClassifierModel
 from .engine import check_model, resolve_target
+from .methods import register_method
 
 __all__ = ["LRP_COMPOSITES", "lrp", "lrp_canonizers"]
 
@@ -71,6 +72,8 @@ _PLAIN_LEAVES = (
 _WARNED: set[str] = set()  # warning keys already shown in this process
 
 
+@register_method("lrp", "own", differentiable=False, why_not="LRP maps are not differentiable",
+                 summary="LRP, iNNvestigate's preset A flat = zennit EpsilonPlusFlat (seed 001)")
 def lrp(
     model: ClassifierModel,
     x: torch.Tensor,

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from .._checks import AdvlensError, check_images, check_int, check_number
 from ..models.wrapper import ClassifierModel
 from .engine import check_model, resolve_target
+from .methods import register_method
 
 __all__ = ["blur", "mask", "mask_loss", "optimize_mask", "tv_norm", "upsample_mask"]
 
@@ -168,6 +169,9 @@ def optimize_mask(
     return m.detach()
 
 
+@register_method("mask", "own", differentiable=False,
+                 why_not="MASK is an optimisation; attack it with the bi-level step (adv2 interpreter='mask')",
+                 summary="MASK: optimised deletion mask (Fong & Vedaldi; seed 004 eq. 12)")
 def mask(
     model: ClassifierModel,
     x: Tensor,

@@ -41,6 +41,7 @@ from ..models.small_vgg import _N_IMAGES, advlens_home
 from ..models.wrapper import ClassifierModel
 from .engine import capture, check_model, resolve_target
 from .mask import blur, upsample_mask
+from .methods import register_method
 
 __all__ = [
     "LAMBDAS",
@@ -362,6 +363,7 @@ def rts_with_scores(
     return upsample_mask(net(x, feats, c), tuple(x.shape[-2:]))[:, 0], logits
 
 
+@register_method("rts", "own", summary="RTS: real-time saliency masker (Dabkowski & Gal; seed 004 eq. 11)")
 def rts(
     model: ClassifierModel,
     x: Tensor,
