@@ -298,3 +298,26 @@ def test_map_grid_from_cuda_tensors(tmp_path, batch):
     rows = {c: x.cuda() for c, x in rows.items()}
     maps = {c: {k: m.cuda() for k, m in d.items()} for c, d in maps.items()}
     _check_png(map_grid(tmp_path / "g.png", rows, maps, LAYERS[:2]))
+
+
+def test_wilson_interval_stays_in_the_unit_range_and_matches_the_formula():
+    from advlens.report import wilson_interval
+
+    lo, hi = wilson_interval(np.array([0, 10, 5, 0]), np.array([10, 10, 10, 0]))
+    assert lo[0] == pytest.approx(0, abs=1e-12) and hi[0] == pytest.approx(0.27753, abs=1e-5)  # 0 of 10
+    assert lo[1] == pytest.approx(0.72247, abs=1e-5) and hi[1] == pytest.approx(1, abs=1e-12)  # 10 of 10
+    assert lo[2] == pytest.approx(0.23659, abs=1e-5) and hi[2] == pytest.approx(0.76341, abs=1e-5)  # 5 of 10
+    assert np.isnan(lo[3]) and np.isnan(hi[3])  # no trials: no interval
+
+
+def test_heatmap_marks_missing_cells_and_bar_plot_takes_wilson_bars(tmp_path):
+    from advlens.report import heatmap_plot
+
+    df = pd.DataFrame({"defense": ["none", "none", "median"], "group": ["clean", "pgd plain", "clean"],
+                       "accuracy": [1.0, 0.0, 0.9]})
+    path = heatmap_plot(tmp_path / "h.png", df, row="defense", col="group", value="accuracy")
+    assert path.stat().st_size > 1000
+    rates = pd.DataFrame({"attack": ["a"] * 4 + ["b"] * 4, "success": [1.0, 1, 1, 1, 0, 0, 1, 0]})
+    assert bar_plot(tmp_path / "b.png", rates, x="attack", y="success", errorbars="wilson").is_file()
+    with pytest.raises(AdvlensError, match="errorbars"):
+        bar_plot(tmp_path / "c.png", rates, x="attack", y="success", errorbars="sd")

@@ -160,7 +160,27 @@ def _data_uri(figure: PathLike) -> str:
     data = path.read_bytes()
     if not data:
         raise AdvlensError(f"figure file is empty: {str(path)!r}")
+    if len(data) > THUMBNAIL_BYTES and mime in ("image/png", "image/jpeg"):
+        mime, data = "image/jpeg", _thumbnail(data)
     return f"data:{mime};base64,{base64.b64encode(data).decode('ascii')}"
+
+
+#: figures larger than this are embedded as a JPEG thumbnail (the full-size file stays in figures/)
+THUMBNAIL_BYTES = 300_000
+
+
+def _thumbnail(data: bytes, max_side: int = 1400, quality: int = 85) -> bytes:
+    """``data`` (PNG/JPEG bytes) as a JPEG at most ``max_side`` pixels wide or high: reports stay small."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as im:
+        im = im.convert("RGB")
+        im.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+        buf = io.BytesIO()
+        im.save(buf, "JPEG", quality=quality, optimize=True)
+    return buf.getvalue()
 
 
 def _table(df: object, caption: str, max_rows: int, name: str) -> dict[str, Any]:

@@ -395,18 +395,18 @@ def _accuracy_long(acc: pd.DataFrame, attacks: list[str]) -> pd.DataFrame:
 
 
 def report(out, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str, torch.Tensor]):
-    from ..report import Section, bar_plot, write_report
+    from ..report import Section, bar_plot, heatmap_plot, write_report
 
     figs = out / "figures"
     res = tables["results"]
     have = tables if "defense_accuracy" in tables else {**tables, **derived(meta, tables)}
     acc = have["defense_accuracy"]
     long = _accuracy_long(acc, list(pd.unique(res.attack)))
-    f_acc = [bar_plot(figs / f"accuracy_{safe_name(m)}.png", g, x="defense", y="accuracy", hue="group",
-                      title=f"{m}: accuracy of the defended model under attack", ylabel="accuracy", errorbars=False)
+    f_acc = [heatmap_plot(figs / f"accuracy_{safe_name(m)}.png", g, row="defense", col="group", value="accuracy",
+                          title=f"{m}: accuracy of the defended model under attack")
              for m, g in long.groupby("model", sort=False)]
-    f_tau = [bar_plot(figs / f"tau_{safe_name(m)}.png", g, x="defense", y="tau", hue="group",
-                      title=f"{m}: explanation shift (Kendall τ, clean vs adversarial Grad-CAM)", errorbars=False)
+    f_tau = [heatmap_plot(figs / f"tau_{safe_name(m)}.png", g, row="defense", col="group", value="tau", vmin=-1,
+                          title=f"{m}: explanation shift (Kendall τ, clean vs adversarial Grad-CAM)")
              for m, g in long.groupby("model", sort=False)]
     sections = [
         Section("Accuracy and explanation shift per defense × attack",

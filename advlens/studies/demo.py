@@ -144,8 +144,9 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
         shift.append(layer_shift_plot(figs / f"shift_{m}.png", df, x="layer", y="cosine", hue="condition",
                                       layer_order=layers, title=f"{m}: cosine similarity to the clean map, per layer"))
     n = att.image.nunique()
-    bars = [bar_plot(figs / "attacks.png", d["attack_summary"], x="attack", y="success_rate", errorbars=False,
-                     title=f"attack success rate ({n} images)", ylabel="success rate")]
+    bars = [bar_plot(figs / "attacks.png", att.assign(success=att.success.astype(float)), x="attack", y="success",
+                     errorbars="wilson", title=f"attack success rate ({n} images; 95 % Wilson intervals)",
+                     ylabel="success rate")]
     top = (d["compromise_probability"].sort_values("compromise_probability", ascending=False)
            .groupby(["attack", "explainer"], sort=False).head(3))
     sections = [
