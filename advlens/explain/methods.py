@@ -90,8 +90,14 @@ def register_method(name: str, kind: Kind, **info: Any) -> Callable[[Callable[..
 
 
 def _loaded() -> dict[str, Method]:
-    from . import cam, gradient, lrp, mask, rts  # noqa: F401  (each registers its methods on import)
+    """Import every module of this package once: each registers its methods (a new method is one new file)."""
+    import importlib
+    import pkgutil
+    from pathlib import Path
 
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        if not info.name.startswith("_"):
+            importlib.import_module(f"{__package__}.{info.name}")  # cached after the first time
     return METHODS
 
 
@@ -105,4 +111,6 @@ def method_info(name: object) -> Method:
 
 def list_methods(kind: Kind | None = None) -> list[str]:
     """Names accepted by :func:`~advlens.explain.explain` (of one ``kind`` if given)."""
-    return [n for n, m in _loaded().items() if kind is None or m.kind == kind]
+    order = {"layer": 0, "head": 1, "input": 2, "own": 3}  # the Grad-CAM family first, own passes last
+    found = [m for m in _loaded().values() if kind is None or m.kind == kind]
+    return [m.name for m in sorted(found, key=lambda m: order[m.kind])]  # stable: registration order within a kind
