@@ -105,24 +105,24 @@ def test_matched_noise_is_per_image(digits_model, digits):
 
 
 def test_behavior_scores_are_per_image(digits_model, digits):
-    """In float64: the score divides by std(D_g) (≈ 2e-3 here), which turns float32's ~1e-6 rounding
-    differences of the Grad-CAM maps between batch sizes into ~1e-4 (measured up to 7e-5); in float64
-    they stay ~1e-13, so the comparison checks the randomness, not the conv kernels' rounding."""
+    """In float64, so the comparison checks the randomness, not the conv kernels' rounding (float32's ~1e-6
+    differences of the Grad-CAM maps between batch sizes; ~1e-13 in float64). The paper's score
+    median(D_g) − D_o is small here (≈ 5e-4), so the tolerances are far below it."""
     model = copy.deepcopy(digits_model).double()
     x = digits[0][:4].double()
     fit = al.load_images("digits", split="train").x[:40].double()
     det = BehaviorDeviation(copies=6, threshold=2.0).fit(model, fit)
     full = det.score(x)
     other = BehaviorDeviation(copies=6, threshold=2.0, seed=1).fit(model, fit).score(x[:1])
-    assert (other - full[:1]).abs().max() > 0.05  # the noise matters: equal scores are not a given
+    assert (other - full[:1]).abs().max() > 0.05 * full[:1].abs().max()  # the noise matters (measured 15 %)
     xc = det.clean(x)
     copies = det.benign_copies(x, xc).view(6, len(x), *x.shape[1:])
     for idx in ([2], [3, 0]):
-        torch.testing.assert_close(det.score(x[idx]), full[idx], atol=1e-5, rtol=0)
+        torch.testing.assert_close(det.score(x[idx]), full[idx], atol=1e-9, rtol=0)
         sub = det.benign_copies(x[idx], xc[idx]).view(6, len(idx), *x.shape[1:])
         torch.testing.assert_close(sub, copies[:, idx], atol=1e-12, rtol=0)  # same draws; mean/std ulps
     small = BehaviorDeviation(copies=6, threshold=2.0, batch_size=5).fit(model, fit)  # other passes
-    torch.testing.assert_close(small.score(x[[3, 1]]), full[[3, 1]], atol=1e-5, rtol=0)
+    torch.testing.assert_close(small.score(x[[3, 1]]), full[[3, 1]], atol=1e-9, rtol=0)
 
 
 # ---------------------------------------------------------------- attacks
