@@ -124,3 +124,35 @@ def test_bad_attack_requests_fail_clearly(digits_model, xy, kwargs, message):
     x, y = xy
     with pytest.raises(al.AdvlensError, match=message):
         al.attack(digits_model, x, y, **kwargs)
+
+
+def test_attack_records_hold_norms_and_defaults_and_refuse_duplicates(digits_model, xy):
+    from advlens.attacks import attack_info, register_attack
+
+    assert attack_info("pgd").norm == "linf" and attack_info("cw").norm == "l2"
+    assert attack_info("onepixel").black_box and not attack_info("pgd").black_box
+    assert attack_info("pgd").defaults()["alpha"] is None  # the default step lives in pgd: eps / 4
+    with pytest.raises(RuntimeError, match="registered twice"):
+        register_attack("pgd")(lambda *a, **k: None)
+    with pytest.raises(al.AdvlensError, match="did you mean 'pgd'"):
+        attack_info("pdg")
+    x, y = xy
+    a = al.attack(digits_model, x, y, "pgd", eps=0.03, steps=3, alpha=None)  # None = the attack's default
+    b = al.attack(digits_model, x, y, "pgd", eps=0.03, steps=3, alpha=0.03 / 4)
+    assert torch.equal(a.x_adv, b.x_adv) and a.params["alpha"] == 0.03 / 4
+
+
+def test_cli_attack_gives_the_library_result(digits_model, tmp_path):
+    """The CLI's unset flags are the library's defaults: same parameters, same adversarial labels."""
+    import pandas as pd
+
+    from advlens.cli import main
+
+    out = tmp_path / "att"
+    assert main(["attack", "--model", "small_vgg_digits", "--images", "digits", "--limit", "6", "--method", "pgd",
+                 "--eps", "0.03", "--steps", "5", "--out", str(out), "--quiet"]) == 0
+    rows = pd.read_parquet(out / "results.parquet")
+    batch = al.load_images("digits", size=digits_model.input_size, n=6, seed=0)[:6]
+    res = al.attack(digits_model, batch.x, None, "pgd", eps=0.03, steps=5)
+    assert rows.adv_pred.tolist() == [digits_model.labels[int(i)] for i in res.pred]
+    assert rows.success.tolist() == res.success.tolist()

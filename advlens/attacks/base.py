@@ -32,7 +32,7 @@ from ..explain.batching import resolve_batch_size, run_batched
 from ..models.wrapper import ClassifierModel
 
 __all__ = [
-    "AttackResult", "attack", "list_attacks", "register_attack", "forward_penalty", "objective_grad", "project_linf", "finish",
+    "AttackInfo", "AttackResult", "attack", "attack_info", "list_attacks", "register_attack", "forward_penalty", "objective_grad", "project_linf", "finish",
     "check_count", "check_number", "check_objective", "check_weight",
 ]
 
@@ -73,19 +73,58 @@ class AttackResult:
         return float(self.success.float().mean())
 
 
+@dataclass(frozen=True)
+class AttackInfo:
+    """One registered attack.
+
+    Attributes:
+        name: the ``method`` name :func:`attack` accepts.
+        fn: ``fn(model, x, y, target=None, seed=0, **params) -> AttackResult``.
+        norm: what bounds its perturbation: ``"linf"``, ``"l2"``, ``"l0"`` (pixels changed), ``"flow"``
+            (spatial transformation) or ``"unbounded"`` (DLFuzz: a step size and a relative-L2 cap).
+        black_box: needs only the model's outputs, no gradients (one-pixel's differential evolution).
+    """
+
+    name: str
+    fn: Callable[..., AttackResult]
+    norm: str = "linf"
+    black_box: bool = False
+
+    def defaults(self) -> dict[str, Any]:
+        """The attack's parameters and their defaults (the defaults live in the attack itself)."""
+        skip = {"model", "x", "y", "target", "seed"}
+        return {p.name: p.default for p in inspect.signature(self.fn).parameters.values()
+                if p.name not in skip and p.default is not inspect.Parameter.empty}
+
+
 _REGISTRY: dict[str, Callable[..., AttackResult]] = {}
+_INFO: dict[str, AttackInfo] = {}
 
 
-def register_attack(name: str):
+def register_attack(name: str, norm: str = "linf", black_box: bool = False):
+    """Decorator registering an attack function under ``name`` with its record (:class:`AttackInfo`);
+    registering a name twice is refused."""
+
     def deco(fn):
+        if name in _REGISTRY:
+            raise RuntimeError(f"attack {name!r} registered twice")
         _REGISTRY[name] = fn
+        _INFO[name] = AttackInfo(name, fn, norm, black_box)
         return fn
 
     return deco
 
 
 def list_attacks() -> list[str]:
+    """Names accepted by :func:`attack`."""
     return list(_REGISTRY)
+
+
+def attack_info(name: object) -> AttackInfo:
+    """The record of attack ``name`` (one line with close matches when unknown)."""
+    if not isinstance(name, str) or name not in _INFO:
+        raise unknown_name("attack", name, list_attacks())
+    return _INFO[name]
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:

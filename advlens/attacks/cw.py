@@ -65,7 +65,7 @@ def _image(w: torch.Tensor, x: torch.Tensor, weight: torch.Tensor | None) -> tor
     return torch.clamp(x + weight * (box - x), 0.0, 1.0)  # clamp only acts where weight > 1
 
 
-@register_attack("cw")
+@register_attack("cw", norm="l2")
 def cw(
     model: ClassifierModel, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None, seed: int = 0,
     c: float = 1.0, kappa: float = 0.0, steps: int = 100, lr: float = 0.01, binary_search_steps: int = 5,

@@ -273,7 +273,7 @@ def select_neurons(
     return _select(tracker, strategy, m, gen, values, dense, x[:1])
 
 
-@register_attack("dlfuzz")
+@register_attack("dlfuzz", norm="unbounded")
 def dlfuzz(
     model: ClassifierModel, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None, seed: int = 0,
     strategy: int | None = 1, neurons: int = 10, threshold: float = 0.25, lam: float = 0.5,

@@ -159,7 +159,7 @@ def _key(fit: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
     return fit - 4.0 * ok.to(fit.dtype)
 
 
-@register_attack("onepixel")
+@register_attack("onepixel", norm="l0", black_box=True)
 def onepixel(
     model: ClassifierModel, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None, seed: int = 0,
     pixels: int = 1, popsize: int = 400, iterations: int = 100, f: float = 0.5, batch_size: int | None = None,

@@ -67,7 +67,7 @@ def flow_loss(flow: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
     return 2 * (across + down)
 
 
-@register_attack("stadv")
+@register_attack("stadv", norm="flow")
 def stadv(
     model: ClassifierModel, x: torch.Tensor, y: torch.Tensor, target: torch.Tensor | None = None, seed: int = 0,
     tau: float = 0.0005, kappa: float = 0.0, steps: int = 300, lr: float = 0.01,
