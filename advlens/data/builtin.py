@@ -16,10 +16,12 @@ from torch import Tensor
 from advlens._checks import AdvlensError
 
 from .batch import ImageBatch, subsample_indices
+from .classes import imagenet_labels, imagenet_wnids
 from .io import array_to_tensor, grey_to_batch, read_image_file
-from .photos import PhotoItem, build_photo_batch, select_split
+from .photos import PhotoItem, PhotoRead, build_photo_batch, select_split
 
-__all__ = ["SAMPLE_PHOTOS", "imagenet_labels", "sample_items", "load_samples", "load_digits", "load_lfw"]
+__all__ = ["SAMPLE_PHOTOS", "imagenet_labels", "imagenet_wnids", "sample_items", "load_samples", "load_digits",
+           "load_lfw"]
 
 #: name -> (where it comes from, ImageNet class index or -1). Order = order in the batch.
 SAMPLE_PHOTOS: dict[str, tuple[str, int]] = {
@@ -35,18 +37,6 @@ SAMPLE_PHOTOS: dict[str, tuple[str, int]] = {
     "flower": ("sklearn flower.jpg", -1),                # dahlia: no ImageNet class
     "hubble_deep_field": ("skimage.data.hubble_deep_field", -1),
 }
-
-
-@lru_cache(maxsize=1)
-def _imagenet_labels() -> tuple[str, ...]:
-    from torchvision.models import ResNet50_Weights  # the enum's metadata is in the package: no download
-
-    return tuple(ResNet50_Weights.IMAGENET1K_V1.meta["categories"])
-
-
-def imagenet_labels() -> list[str]:
-    """The 1,000 ImageNet-1k class names in class-index order (``[285] == 'Egyptian cat'``), offline."""
-    return list(_imagenet_labels())
 
 
 @lru_cache(maxsize=None)
@@ -82,13 +72,15 @@ def sample_items() -> list[PhotoItem]:
     return [PhotoItem(name, _sample_reader(name), y) for name, (_, y) in SAMPLE_PHOTOS.items()]
 
 
-def load_samples(size: tuple[int, int], n: int | None, split: str | None, seed: int) -> ImageBatch:
+def load_samples(size: tuple[int, int], n: int | None, split: str | None, seed: int,
+                 read: PhotoRead = PhotoRead()) -> ImageBatch:
     """Bundled photos, center-cropped and resized; ``n`` beyond the photo count adds seeded crop/flip views.
 
-    ``labels`` is the ImageNet class list, ``y`` the ImageNet index (``-1`` where none fits).
+    ``labels`` is the ImageNet class list, ``y`` the ImageNet index (``-1`` where none fits); ``read`` sets
+    the center-crop fraction and the resize filter.
     """
     return build_photo_batch(sample_items(), size, n=n, split=split, seed=seed, first=True,
-                             labels=imagenet_labels(), has_y=True, what="samples")
+                             labels=imagenet_labels(), has_y=True, what="samples", read=read)
 
 
 @lru_cache(maxsize=1)

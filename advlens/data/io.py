@@ -19,11 +19,13 @@ from advlens._checks import AdvlensError, file_kind, first_line
 
 __all__ = [
     "IMAGE_SUFFIXES", "parse_size", "array_to_tensor", "read_image_file", "crop_box", "crop_resize",
-    "grey_to_batch", "is_image_path", "images_under", "describe_suffixes", "MAX_SIDE",
+    "grey_to_batch", "is_image_path", "images_under", "describe_suffixes", "MAX_SIDE", "INTERPOLATIONS",
 ]
 
 #: File name endings read as images when scanning folders (other files are skipped).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm")
+#: Resize filters accepted by :func:`crop_resize` (both antialiased, as ``F.interpolate`` names them).
+INTERPOLATIONS = ("bilinear", "bicubic")
 #: Largest output side accepted by :func:`parse_size` (one 8192×8192 image is 768 MiB as float32).
 MAX_SIDE = 8192
 
@@ -204,16 +206,17 @@ def crop_box(height: int, width: int, size: tuple[int, int], scale: float = 1.0,
 
 
 def crop_resize(img: Tensor, size: tuple[int, int], box: tuple[int, int, int, int] | None = None,
-                flip: bool = False) -> Tensor:
+                flip: bool = False, mode: str = "bilinear") -> Tensor:
     """Crop ``img`` to ``box`` (default: the center crop of :func:`crop_box`) and resize it to ``size``.
 
-    Resizing is bilinear with antialiasing (so shrinking a large photo does not alias).
+    Resizing is antialiased (so shrinking a large photo does not alias); bicubic overshoot is clamped away.
 
     Args:
         img: ``[C, H, W]`` or ``[N, C, H, W]`` float tensor.
         size: output ``(H, W)``.
         box: ``(top, left, h, w)`` crop in input pixels.
         flip: mirror horizontally after resizing.
+        mode: one of :data:`INTERPOLATIONS` (``"bilinear"`` or ``"bicubic"``).
 
     Returns:
         ``[C, *size]`` or ``[N, C, *size]`` float tensor, clamped to [0, 1].
@@ -223,7 +226,9 @@ def crop_resize(img: Tensor, size: tuple[int, int], box: tuple[int, int, int, in
     top, left, ch, cw = box if box is not None else crop_box(batch.shape[-2], batch.shape[-1], size)
     batch = batch[..., top:top + ch, left:left + cw].float()
     if tuple(batch.shape[-2:]) != tuple(size):
-        batch = F.interpolate(batch, size=size, mode="bilinear", align_corners=False, antialias=True)
+        if mode not in INTERPOLATIONS:
+            raise AdvlensError(f"interpolation must be one of {', '.join(map(repr, INTERPOLATIONS))}, got {mode!r}")
+        batch = F.interpolate(batch, size=size, mode=mode, align_corners=False, antialias=True)
     if flip:
         batch = batch.flip(-1)
     batch = batch.clamp(0.0, 1.0)

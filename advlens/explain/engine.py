@@ -34,6 +34,9 @@ def check_model(model: object) -> ClassifierModel:
 def capture(model: ClassifierModel, names: Sequence[str]) -> Iterator[dict[str, torch.Tensor]]:
     """Context manager filling ``{layer name: output tensor}`` during forwards inside it.
 
+    A transformer layer's tokens are stored as their spatial grid ``[N, C, h, w]`` (``model.grids``,
+    :class:`~advlens.models.tokens.TokenGrid`), and the network continues from that grid.
+
     Raises:
         AdvlensError: a hooked layer returns something other than a tensor, or runs twice in
             one forward (hook a module that runs once instead).
@@ -42,13 +45,21 @@ def capture(model: ClassifierModel, names: Sequence[str]) -> Iterator[dict[str, 
     handles = []
     inplace = [m for m in model.modules() if getattr(m, "inplace", None) is True]
 
+    grids = getattr(model, "grids", {})
+
     def hook(name: str):
-        def fn(module: nn.Module, inputs: object, output: object) -> None:
+        grid = grids.get(name)
+
+        def fn(module: nn.Module, inputs: object, output: object) -> torch.Tensor | None:
             if not isinstance(output, torch.Tensor):
                 raise AdvlensError(f"layer {name!r} returns {type(output).__name__}, not a tensor; pick another layer")
             if name in store:
                 raise AdvlensError(f"layer {name!r} runs more than once per forward; pick a module that runs once")
-            store[name] = output
+            if grid is None:
+                store[name] = output
+                return None
+            store[name] = spatial = grid.to_grid(output)  # tokens -> [N,C,h,w]; the network goes on from it
+            return grid.from_grid(spatial, output)
 
         return fn
 

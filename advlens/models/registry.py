@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from .._checks import AdvlensError, check_device, check_path, first_line, unknown_name
+from .refs import REFERENCE_FORMS, is_reference, load_reference
 from .wrapper import ClassifierModel
 
 __all__ = ["register_model", "list_models", "load_model"]
@@ -48,11 +49,15 @@ def load_model(
     ``model.requires_grad_(True)`` (and ``model.train()``) to fine-tune it.
 
     Args:
-        name: a name from :func:`list_models`.
+        name: a name from :func:`list_models`, or a reference to any other network: ``timm:NAME``,
+            ``torchvision:NAME``, ``path/to/file.py:factory``, ``package.module:factory``
+            (:func:`~advlens.models.refs.load_reference`: layers found automatically, preprocessing from
+            the model's configuration; options ``num_classes``, ``labels``, ``mean``, ``std``,
+            ``input_size``, ``layers``).
         weights: a ``.pth``/``.safetensors`` state dict, ``"random"`` for random init, or None for
             the model's default (bundled weights, the local torch/timm cache, or the advlens cache).
         device: where to put the model (default CPU).
-        **kwargs: builder options; ``None`` values are dropped so CLI defaults never override
+        **kwargs: builder (or reference) options; ``None`` values are dropped so CLI defaults never override
             a model's own defaults.
 
     Raises:
@@ -67,18 +72,23 @@ def load_model(
     if not isinstance(name, str):
         raise AdvlensError(f"model name must be a str such as 'vgg16', got {type(name).__name__} "
                            f"{first_line(repr(name), 60)}")
-    if name not in _REGISTRY:
-        raise unknown_name("model", name, list_models())
+    if name not in _REGISTRY and not is_reference(name):
+        err = unknown_name("model", name, list_models())
+        raise AdvlensError(f"{err}, or a reference {REFERENCE_FORMS}")
     if weights is not None and not (isinstance(weights, str) and weights == "random"):
         if not isinstance(weights, (str, os.PathLike)):
             raise AdvlensError(f"weights must be a file path (str or os.PathLike), 'random' or None, "
                                f"got {type(weights).__name__} {first_line(repr(weights), 60)}")
         weights = str(check_path(weights, "weights"))
     dev = check_device(device) if device is not None else None
-    builder = _REGISTRY[name]
     kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    _check_options(name, builder, kwargs)
-    model = builder(weights=weights, **kwargs)
+    if name in _REGISTRY:
+        builder = _REGISTRY[name]
+        _check_options(name, builder, kwargs)
+        model = builder(weights=weights, **kwargs)
+    else:
+        _check_options(name, load_reference, kwargs)
+        model = load_reference(name, weights, **kwargs)
     if dev is not None:
         try:
             model = model.to(dev)
@@ -98,8 +108,8 @@ def _check_options(name: str, builder: Builder, kwargs: dict[str, Any]) -> None:
     params = sig.parameters
     if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         return
-    options = [p for p in params if p != "weights"]
+    options = [p for p in params if p not in ("weights", "ref")]
     for key in kwargs:
-        if key not in params or key == "weights":
+        if key not in params or key in ("weights", "ref"):
             took = f"takes {', '.join(options)}" if options else "takes no options"
             raise AdvlensError(f"model {name!r} has no option {key!r} (it {took} besides weights and device)")

@@ -6,7 +6,7 @@ import logging
 import pickletools
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -14,7 +14,7 @@ from torch import nn
 
 from .._checks import AdvlensError, check_file, check_path, first_line
 
-__all__ = ["read_state_dict", "load_into", "cached_file"]
+__all__ = ["read_state_dict", "load_into", "fit_keys", "cached_file"]
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a state dict from ``.pth``/``.pt`` (``weights_only=True``) or ``.safetensors``.
 
-    A checkpoint that nests the state dict under ``"state_dict"`` or ``"model"`` is unwrapped. No pickled
+    A training checkpoint that nests the state dict under ``"state_dict"`` (PyTorch Lightning), ``"model"``
+    or ``"model_state_dict"`` beside other entries (epoch, optimizer state…) is unwrapped; key prefixes
+    are fitted when loading (:func:`load_into`). No pickled
     code ever runs: torch's weights-only unpickler refuses any other Python object, and the error names
     the objects found (read from the pickle's opcodes, never by unpickling them). torch's warnings while
     reading are silenced: every problem is the one-line error below.
@@ -53,10 +55,7 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             f"cannot read weights file {path} as a PyTorch (weights_only) or safetensors checkpoint "
             f"({type(e).__name__}: {first_line(e, 160)})"
         ) from None
-    if isinstance(obj, Mapping) and len(obj) == 1:
-        (key, inner), = obj.items()
-        if key in ("state_dict", "model") and isinstance(inner, Mapping):
-            obj = inner
+    obj = _unwrap(obj)
     if not isinstance(obj, Mapping) or not obj or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
     ):
@@ -67,6 +66,43 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
             raise AdvlensError(f"weights file {path} holds {bad} values in tensor {k!r}; the checkpoint is corrupt "
                                "(or saved from a diverged training run)")
     return dict(obj)
+
+
+#: where training checkpoints keep the model's state dict, in the order looked for
+_NESTED = ("state_dict", "model_state_dict", "model", "net")
+#: key prefixes written by wrappers: DDP/DataParallel, Lightning modules, torch.compile, advlens' wrapper
+_PREFIXES = ("module.", "model.", "_orig_mod.", "net.")
+
+
+def _unwrap(obj: object) -> object:
+    """The state dict inside a training checkpoint (``{"state_dict": ..., "epoch": ...}``), else ``obj``."""
+    if not isinstance(obj, Mapping) or all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj
+    for key in _NESTED:
+        inner = obj.get(key)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            return inner
+    return obj
+
+
+def fit_keys(state: Mapping[str, torch.Tensor], own: Sequence[str]) -> dict[str, torch.Tensor]:
+    """``state`` with the wrapper prefixes of :data:`_PREFIXES` removed (up to two, e.g. Lightning around
+    DDP) when that makes its keys those of ``own``; ``state`` unchanged when nothing fits better.
+
+    Keys without the prefix are dropped with it (a Lightning module's loss weights, advlens' ``mean``/``std``
+    buffers): only a prefix under which exactly ``own`` is found is taken.
+    """
+    want = set(own)
+    if set(state) == want:
+        return dict(state)
+    candidates = [(p,) for p in _PREFIXES] + [(p, q) for p in _PREFIXES for q in _PREFIXES if p != q]
+    for prefixes in candidates:
+        cut = dict(state)
+        for p in prefixes:
+            cut = {k[len(p):]: v for k, v in cut.items() if k.startswith(p)}
+        if set(cut) == want:
+            return cut
+    return dict(state)
 
 
 def _allowed_globals() -> set[str]:
@@ -116,22 +152,24 @@ def _pickled_globals(path: Path, limit: int = 1 << 16) -> list[str]:
     return [g for g in dict.fromkeys(found) if g not in allowed]
 
 
-def load_into(net: nn.Module, state: Mapping[str, torch.Tensor], source: str) -> None:
-    """Load ``state`` into ``net`` strictly, with a one-line error on any key or shape mismatch."""
+def load_into(net: nn.Module, state: Mapping[str, torch.Tensor], source: str, hint: str = "") -> None:
+    """Load ``state`` into ``net`` strictly (wrapper prefixes fitted, :func:`fit_keys`), with a one-line
+    error naming the first missing/unexpected keys or the first shape mismatch (``hint`` appended)."""
     own = net.state_dict()
+    state = fit_keys(state, list(own))
     missing = [k for k in own if k not in state]
     unexpected = [k for k in state if k not in own]
     if missing or unexpected:
         raise AdvlensError(
             f"weights {source} do not fit this architecture: {len(missing)} missing keys "
-            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]})"
+            f"(e.g. {missing[:3]}), {len(unexpected)} unexpected keys (e.g. {unexpected[:3]}){hint}"
         )
     wrong = [k for k, v in state.items() if v.shape != own[k].shape]
     if wrong:
         k = wrong[0]
         raise AdvlensError(
             f"weights {source} do not fit this architecture: {k} has shape {list(state[k].shape)}, "
-            f"expected {list(own[k].shape)} ({len(wrong)} mismatches)"
+            f"expected {list(own[k].shape)} ({len(wrong)} mismatches){hint}"
         )
     net.load_state_dict(state, strict=True)
 

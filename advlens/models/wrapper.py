@@ -8,6 +8,8 @@ import torch
 from torch import nn
 
 from .._checks import AdvlensError, unknown_name
+from ..data.io import INTERPOLATIONS
+from .tokens import TokenGrid
 
 __all__ = ["ClassifierModel", "wrap", "PRECISIONS", "COMPILE_MODES"]
 
@@ -34,6 +36,11 @@ class ClassifierModel(nn.Module):
         name: registry name.
         cam_layer: name of the layer feeding global-average-pooling + ``classifier`` (CAM), or None.
         classifier: the final ``nn.Linear`` after global pooling (CAM weights), or None.
+        grids: ``{layer name: TokenGrid}`` for layers whose output is transformer tokens or NHWC
+            (reshaped to ``[N, C, h, w]`` before any map is made); empty for CNNs.
+        crop_pct, interpolation: the network's eval preprocessing — photos are center-cropped to
+            ``crop_pct`` of the largest box of the input's aspect, then resized (``"bilinear"`` or
+            ``"bicubic"``) to ``input_size`` (torchvision's ``Resize(size / crop_pct)`` + ``CenterCrop``).
     """
 
     def __init__(
@@ -47,6 +54,9 @@ class ClassifierModel(nn.Module):
         name: str,
         cam_layer: str | None = None,
         classifier: nn.Linear | None = None,
+        grids: Mapping[str, TokenGrid] | None = None,
+        crop_pct: float = 1.0,
+        interpolation: str = "bilinear",
     ) -> None:
         super().__init__()
         if len(mean) != 3 or len(std) != 3:
@@ -61,6 +71,13 @@ class ClassifierModel(nn.Module):
                 raise AdvlensError(f"layer {layer_name!r} is not a submodule of the network")
         if cam_layer is not None and cam_layer not in layers:
             raise unknown_name("CAM layer", cam_layer, layers)
+        for layer_name in grids or {}:
+            if layer_name not in layers:
+                raise unknown_name("layer with a token grid", layer_name, layers)
+        if not (isinstance(crop_pct, (int, float)) and 0.0 < crop_pct <= 1.0):
+            raise AdvlensError(f"crop_pct must be a number in (0, 1], got {crop_pct!r}")
+        if interpolation not in INTERPOLATIONS:
+            raise unknown_name("interpolation", interpolation, INTERPOLATIONS)
         self.net = net
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
@@ -70,6 +87,8 @@ class ClassifierModel(nn.Module):
         self.name = name
         self.cam_layer = cam_layer
         self.classifier = classifier
+        self.grids: dict[str, TokenGrid] = dict(grids or {})
+        self.crop_pct, self.interpolation = float(crop_pct), interpolation
         self.precision = "fp32"
         self.channels_last = False
         self.compile_options: dict[str, str] | None = None
@@ -158,6 +177,12 @@ class ClassifierModel(nn.Module):
                 raise unknown_name(f"layer of {self.name}", n, self.layers)
         return names
 
+    def image_options(self) -> dict[str, object]:
+        """Keyword arguments of :func:`advlens.data.load_images` that match this model: its input size,
+        eval crop and interpolation, and its class names (folders named after them map by name)."""
+        return {"size": self.input_size, "crop_pct": self.crop_pct, "interpolation": self.interpolation,
+                "labels": self.labels}
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, input_size={self.input_size}, layers={len(self.layers)}, classes={len(self.labels)}"
 
@@ -183,7 +208,7 @@ def wrap(
     module: nn.Module,
     mean: Sequence[float],
     std: Sequence[float],
-    layers: Sequence[str] | Mapping[str, nn.Module],
+    layers: str | Sequence[str] | Mapping[str, nn.Module] = "auto",
     labels: Sequence[str] | None = None,
     input_size: tuple[int, int] = (224, 224),
     name: str = "custom",
@@ -195,32 +220,47 @@ def wrap(
     Args:
         module: the network; called as ``module((x - mean) / std)``.
         mean, std: per-channel normalization of the network's training data.
-        layers: submodule names in forward order (as in ``module.named_modules()``) or a mapping
-            ``{display name: submodule}``.
+        layers: ``"auto"`` (every stage/block, found from one probe forward at ``input_size``:
+            :func:`advlens.models.discover.find_layers`), submodule names in forward order (as in
+            ``module.named_modules()``) or a mapping ``{display name: submodule}``. Transformer layers
+            (tokens ``[N, T, C]`` or NHWC) are reshaped to ``[N, C, h, w]`` for the maps.
         labels: class names (default: ``"0"``, ``"1"``, … found from one forward at ``input_size``).
         cam_layer, classifier: for CAM, the layer feeding global pooling and the name of (or the)
-            final linear layer.
+            final linear layer (with ``layers="auto"`` both are found when CAM is exact).
 
     Example:
         >>> net = torchvision.models.resnet18()
         >>> model = wrap(net, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), ["layer3", "layer4"])
+        >>> list(wrap(net, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).layers)[:3]
+        ['relu', 'layer1.0', 'layer1.1']
     """
+    from .discover import find_cam, find_layers
+
     named = dict(module.named_modules())
-    if isinstance(layers, Mapping):
-        layer_map = dict(layers)
-    else:
-        layer_map = {}
-        for n in layers:
-            if n not in named or n == "":
-                raise unknown_name("submodule", n, [k for k in named if k])
-            layer_map[n] = named[n]
+    grids: dict[str, TokenGrid] = {}
     if isinstance(classifier, str):
         if classifier not in named or not isinstance(named[classifier], nn.Linear):
             raise AdvlensError(f"classifier {classifier!r} is not an nn.Linear submodule")
         classifier = named[classifier]
+    if isinstance(layers, Mapping):
+        layer_map = dict(layers)
+    elif isinstance(layers, str) and layers == "auto":
+        layer_map, grids = find_layers(module, input_size, "auto")
+        if cam_layer is None:
+            cam_layer, found = find_cam(module, input_size, layer_map, grids, classifier)
+            classifier = classifier or found
+    else:
+        names = [layers] if isinstance(layers, str) else list(layers)
+        for n in names:
+            if n not in named or n == "":
+                raise unknown_name("submodule", n, [k for k in named if k])
+        try:  # token layouts of the named layers (a network that cannot take input_size keeps none)
+            layer_map, grids = find_layers(module, input_size, names)
+        except AdvlensError:
+            layer_map = {n: named[n] for n in names}
     if labels is None:
         labels = [str(i) for i in range(_count_classes(module, classifier, input_size))]
-    return ClassifierModel(module, mean, std, layer_map, labels, input_size, name, cam_layer, classifier)
+    return ClassifierModel(module, mean, std, layer_map, labels, input_size, name, cam_layer, classifier, grids)
 
 
 def _count_classes(module: nn.Module, classifier: nn.Linear | None, input_size: tuple[int, int]) -> int:
