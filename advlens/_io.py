@@ -265,16 +265,17 @@ def check_output_file(path: str | os.PathLike[str], *, inputs: Sequence[object] 
     return p
 
 
-def unique_file_names(names: Sequence[str]) -> list[str]:
+def unique_file_names(names: Sequence[str], taken: set[str] | None = None) -> list[str]:
     """File-safe, unique stems for ``names`` (anything but letters, digits and ``-_#.`` becomes ``_``).
 
     Names that collide once sanitized get ``-2``, ``-3``… in order, so no output overwrites another.
+    ``taken`` (lower-cased stems already used, e.g. by earlier chunks of a stream) is updated in place.
 
     Example:
         >>> unique_file_names(["a b", "a_b", "a?b", "c"])
         ['a_b', 'a_b-2', 'a_b-3', 'c']
     """
-    seen: set[str] = set()
+    seen: set[str] = set() if taken is None else taken
     out = []
     for name in names:
         base = "".join(c if c.isalnum() or c in "-_#." else "_" for c in str(name)).lstrip(".") or "image"

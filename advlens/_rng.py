@@ -26,7 +26,7 @@ from functools import lru_cache
 
 import torch
 
-__all__ = ["image_generators", "image_seeds", "rand_per_image", "randn_per_image"]
+__all__ = ["image_generators", "image_seeds", "rand_per_image", "randn_per_image", "random_other_class"]
 
 _M64 = (1 << 64) - 1
 _GOLDEN, _MUL1, _MUL2 = 0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB
@@ -147,3 +147,16 @@ def rand_per_image(x: torch.Tensor, seed: int, copies: int | None = None,
         ``[N,*shape]``, or ``[copies,N,*shape]`` with ``copies`` (``shape`` default ``x.shape[1:]``).
     """
     return _per_image(torch.rand, x, seed, copies, shape)
+
+
+def random_other_class(x: torch.Tensor, y: torch.Tensor, classes: int, seed: int) -> torch.Tensor:
+    """Seed 004's random target ``y_t = (y + randint(1, C)) mod C`` (never ``y``), each image's shift drawn
+    from its own generator (:func:`image_generators`), so an image gets the same target in any batch.
+
+    Shapes: ``x`` ``[N,C,H,W]``, ``y`` int64 ``[N]`` -> int64 ``[N]`` on ``y``'s device.
+    """
+    if len(x) == 0:
+        return y.clone()
+    shift = torch.stack([torch.randint(1, classes, (), generator=g, device=x.device)
+                         for g in image_generators(x, seed)])
+    return (y + shift.to(y.device)) % classes

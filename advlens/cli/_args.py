@@ -14,8 +14,8 @@ from collections.abc import Callable
 from .._checks import AdvlensError
 
 __all__ = ["Parser", "positive_int", "natural_int", "positive_float", "natural_float", "batch_size_arg", "layers_arg",
-           "overwrite_arg", "common", "speed_args", "data_args", "param_pairs", "output_dir", "load_model_and_images",
-           "load_images_for", "printable", "one_line"]
+           "overwrite_arg", "common", "speed_args", "data_args", "model_args", "model_options", "param_pairs", "output_dir",
+           "load_model_for", "load_model_with_speed", "stream_images_for", "load_model_and_images", "load_images_for", "printable", "one_line"]
 
 
 def printable(text: str) -> str:
@@ -124,12 +124,62 @@ def speed_args(sp: argparse.ArgumentParser, unset: bool = False, compile: bool =
                         "reduce-overhead, max-autotune); pays on GPUs, compiling takes a while")
 
 
+def _floats3(text: str) -> tuple[float, float, float]:
+    """``--mean``/``--std``: three comma-separated numbers (R,G,B)."""
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(math.isfinite(v) for v in values):
+        raise argparse.ArgumentTypeError(f"must be three comma-separated numbers R,G,B, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _input_size(text: str) -> int | tuple[int, int]:
+    """``--input-size``: ``224`` or ``HxW`` (e.g. ``240x320``)."""
+    parts = text.lower().split("x")
+    try:
+        values = [int(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) not in (1, 2) or min(values, default=0) < 8:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 8 or HxW such as 240x320, got {text!r}")
+    return values[0] if len(values) == 1 else (values[0], values[1])
+
+
+def model_args(sp: argparse.ArgumentParser, default: str | None = "efficientnet_lite0") -> None:
+    """``--model`` (a registered name or a reference), ``--weights`` and the reference options."""
+    from ..models.refs import REFERENCE_FORMS
+
+    shown = f" (default: {default})" if default else ""
+    sp.add_argument("--model", default=default, help=f"a registered model (see `advlens models`) or your own: "
+                    f"{REFERENCE_FORMS}{shown}")
+    sp.add_argument("--weights", default=None, help="checkpoint (.pth/.pt/.safetensors; a plain state dict or a "
+                    "training checkpoint holding one, DDP/Lightning prefixes fitted; no pickle ever runs)")
+    sp.add_argument("--num-classes", type=positive_int, default=None, help="classes of your model's head")
+    sp.add_argument("--labels", default=None, metavar="FILE", help="class names: .txt (one per line) or .json")
+    sp.add_argument("--mean", type=_floats3, default=None, metavar="R,G,B", help="input normalization mean "
+                    "(default: the model's configuration)")
+    sp.add_argument("--std", type=_floats3, default=None, metavar="R,G,B", help="input normalization std")
+    sp.add_argument("--input-size", type=_input_size, default=None, metavar="N|HxW",
+                    help="input size of your model (default: its configuration's)")
+
+
+def model_options(args: argparse.Namespace) -> dict[str, object]:
+    """The reference options given on the command line (unset ones left out)."""
+    keys = ("num_classes", "labels", "mean", "std", "input_size")
+    found = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in found.items()}  # as a study spec holds them
+
+
 def data_args(sp: argparse.ArgumentParser) -> None:
-    """``--model``, ``--weights``, ``--images``, ``--limit``."""
-    sp.add_argument("--model", default="efficientnet_lite0", help="model name (see `advlens models`)")
-    sp.add_argument("--weights", default=None, help="state dict file (.pth/.safetensors) for the model")
-    sp.add_argument("--images", default="samples", help="samples, digits, lfw, shapes, a folder or a file")
+    """:func:`model_args`, ``--images``, ``--limit`` and ``--skip-bad``."""
+    model_args(sp)
+    sp.add_argument("--images", default="samples", help="samples, digits, lfw, shapes, a folder (flat, one "
+                    "subfolder per class, or ImageNet's wnid folders), a .csv/.parquet of path,label, or a file")
     sp.add_argument("--limit", type=positive_int, default=None, help="use at most N images")
+    sp.add_argument("--skip-bad", action="store_true", help="skip unreadable image files (each named in a warning) "
+                    "instead of stopping")
 
 
 def _parse_value(text: str) -> object:
@@ -161,24 +211,53 @@ def output_dir(args: argparse.Namespace, command: str, *inputs: object):
     return OutputDir(args.out, command, inputs=inputs, overwrite=args.overwrite)
 
 
-def load_model_and_images(args: argparse.Namespace):
-    """``--model``/``--weights`` on ``--device`` with the speed flags, and ``--images`` (``--limit``) at its size."""
-    from ..data import load_images
+def load_model_for(args: argparse.Namespace, name: str | None = None):
+    """``--model`` (or ``name``) with ``--weights`` and the reference options on ``--device``."""
     from ..models import load_model
 
-    model = load_model(args.model, weights=args.weights, device=args.device)
+    return load_model(name or args.model, weights=args.weights, device=args.device, **model_options(args))
+
+
+def load_model_with_speed(args: argparse.Namespace):
+    """:func:`load_model_for` with ``--precision``, ``--channels-last`` and ``--compile`` applied."""
+    model = load_model_for(args)
     model.set_precision(args.precision, channels_last=args.channels_last)
     if getattr(args, "compile", None) not in (None, "off"):
         model.set_compile(args.compile)
-    batch = load_images(args.images, size=model.input_size, n=args.limit, seed=args.seed)
+    return model
+
+
+#: images per chunk when a command streams its ``--images`` (one chunk in memory at a time)
+STREAM_CHUNK = 256
+
+
+def stream_images_for(args: argparse.Namespace, model):
+    """``--images`` (``--limit``) prepared for ``model`` as chunks of at most :data:`STREAM_CHUNK` images, each
+    read when it is reached (:func:`advlens.data.iter_images`); returns ``(count, chunks)``, checked before
+    any read."""
+    from ..data import count_images, iter_images
+
+    chunks = iter_images(args.images, chunk_size=STREAM_CHUNK, n=args.limit, seed=args.seed, skip_bad=args.skip_bad, **model.image_options())
+    count = count_images(args.images)
+    return (count if args.limit is None else min(count, args.limit)), chunks
+
+
+def load_model_and_images(args: argparse.Namespace):
+    """``--model``/``--weights`` on ``--device`` with the speed flags, and ``--images`` (``--limit``) prepared
+    as the model expects (its size, eval crop, interpolation; class folders mapped to its labels)."""
+    from ..data import load_images
+
+    model = load_model_with_speed(args)
+    batch = load_images(args.images, n=args.limit, seed=args.seed, skip_bad=args.skip_bad, **model.image_options())
     if args.limit is not None:
         batch = batch[: args.limit]
     return model, batch.to(model.device)
 
 
 def load_images_for(args: argparse.Namespace, model, split: str | None):
-    """``--images`` at the model's size: the ``split`` part (``all``/None = every image), ``--limit`` kept."""
+    """``--images`` prepared for ``model``: the ``split`` part (``all``/None = every image), ``--limit`` kept."""
     from ..data import load_images
 
-    batch = load_images(args.images, size=model.input_size, split=None if split == "all" else split, seed=args.seed)
+    batch = load_images(args.images, split=None if split == "all" else split, seed=args.seed,
+                        skip_bad=getattr(args, "skip_bad", False), **model.image_options())
     return (batch[: args.limit] if args.limit is not None else batch).to(model.device)

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from .._checks import AdvlensError
-from ._args import (batch_size_arg, common, data_args, load_model_and_images, output_dir, param_pairs, positive_float,
-                    positive_int, speed_args)
+from ._args import (batch_size_arg, common, data_args, load_model_with_speed, output_dir, param_pairs, positive_float,
+                    positive_int, speed_args, stream_images_for)
 
 __all__ = ["add_parsers", "attack_params"]
 
@@ -35,8 +35,9 @@ def attack_params(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _target(args: argparse.Namespace, model, batch):
-    """None (untargeted), one class for all images, or seed 004's random y_t = (y + randint(1, C)) mod C."""
-    import torch
+    """None (untargeted), one class for all images, or seed 004's random y_t = (y + randint(1, C)) mod C
+    (each image's draw from its own generator: the same in any chunk)."""
+    from .._rng import random_other_class
 
     if args.target is None:
         return None
@@ -45,26 +46,22 @@ def _target(args: argparse.Namespace, model, batch):
             return int(args.target)
         except ValueError:
             raise AdvlensError(f"--target must be a class index or 'random', got {args.target!r}") from None
-    with torch.no_grad():
-        y = batch.y if (args.use_labels and batch.y is not None) else model.predict(batch.x)
-    gen = torch.Generator().manual_seed(args.seed)
-    c = len(model.labels)
-    return ((y.cpu() + torch.randint(1, c, (len(y),), generator=gen)) % c).to(batch.x.device)
+    y = batch.y if (args.use_labels and batch.y is not None) else model.predict(batch.x)
+    return random_other_class(batch.x, y.to(batch.x.device), len(model.labels), args.seed)
 
 
-def _cmd_attack(args: argparse.Namespace) -> None:
+def _attack_chunk(args: argparse.Namespace, model, batch, taken: set[str], folder):
+    """Attack one chunk, save its adversarial images into ``folder``; its rows and seconds."""
     import pandas as pd
 
     from .. import metrics
-    from .._io import unique_file_names, write_parquet
+    from .._io import unique_file_names
     from ..attacks import attack
     from ..data import save_images
 
-    out = output_dir(args, "attack", args.images, args.weights)
-    model, batch = load_model_and_images(args)
     res = attack(model, batch.x, batch.y if args.use_labels else None, method=args.method, seed=args.seed,
                  target=_target(args, model, batch), chunk_size=args.chunk_size, **attack_params(args))
-    files = [f"{n}_adv" for n in unique_file_names(batch.names)]
+    files = [f"{n}_adv" for n in unique_file_names(batch.names, taken)]
     rows = pd.DataFrame({
         "image": batch.names, "file": [f"images/{f}.png" for f in files], "label": [model.labels[int(i)] for i in res.y],
         "adv_pred": [model.labels[int(i)] for i in res.pred], "success": res.success.cpu().numpy(),
@@ -72,11 +69,33 @@ def _cmd_attack(args: argparse.Namespace) -> None:
     })
     if "eps" in res.extras:  # ifgsm: the smallest eps that flipped each image
         rows["min_eps"] = res.extras["eps"].cpu().numpy()
-    with out.writing() as tmp:
-        save_images(res.x_adv, files, tmp / "images")
+    save_images(res.x_adv, files, folder)
+    return rows, res.time_s
+
+
+def _cmd_attack(args: argparse.Namespace) -> None:
+    import pandas as pd
+    from tqdm.auto import tqdm
+
+    from .._io import write_parquet
+
+    out = output_dir(args, "attack", args.images, args.weights)
+    model = load_model_with_speed(args)
+    count, chunks = stream_images_for(args, model)  # a large folder is read one chunk at a time
+    frames, seconds, taken = [], 0.0, set()
+    with out.writing() as tmp, tqdm(total=count, unit="img", disable=True if args.quiet else None) as bar:
+        for batch in chunks:
+            rows, time_s = _attack_chunk(args, model, batch.to(model.device), taken, tmp / "images")
+            frames.append(rows)
+            seconds += time_s
+            bar.update(len(rows))
+        if not frames:
+            raise AdvlensError(f"no readable image in --images {args.images}")
+        rows = pd.concat(frames, ignore_index=True)
         write_parquet(rows, tmp / "results.parquet")
-    print(rows.to_string(index=False))
-    print(f"success rate {res.success_rate:.1%} in {res.time_s:.1f} s; wrote {args.out}")
+    if len(rows) <= 50:
+        print(rows.to_string(index=False))
+    print(f"success rate {rows.success.mean():.1%} of {len(rows)} images in {seconds:.1f} s; wrote {args.out}")
 
 
 def add_parsers(sub) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import (common, data_args, load_images_for, natural_float, overwrite_arg, param_pairs, positive_float,
+from ._args import (common, data_args, load_images_for, load_model_for, natural_float, overwrite_arg, param_pairs, positive_float,
                     positive_int)
 
 __all__ = ["add_parsers"]
@@ -48,9 +48,7 @@ def _cmd_train(args: argparse.Namespace) -> None:
 def _cmd_eval(args: argparse.Namespace) -> None:
     from ..attacks import attack
     from ..defend import wrap
-    from ..models import load_model
-
-    model = load_model(args.model, weights=args.weights, device=args.device)
+    model = load_model_for(args)
     defended = wrap(model, args.defense, seed=args.seed, **param_pairs(args.defense_param, "--defense-param"))
     batch = load_images_for(args, model, "test")
     x, y = batch.x, batch.y

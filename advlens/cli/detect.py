@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from .._checks import AdvlensError
-from ._args import common, data_args, load_images_for, output_dir, overwrite_arg, param_pairs, positive_float, positive_int
+from ._args import common, data_args, load_images_for, load_model_for, output_dir, overwrite_arg, param_pairs, positive_float, positive_int
 
 __all__ = ["add_parsers", "model_for"]
 
@@ -17,8 +17,6 @@ __all__ = ["add_parsers", "model_for"]
 def model_for(args: argparse.Namespace, path: str | None = None):
     """``--model`` (+ ``--weights``), or the model a saved detector names in its ``.json``."""
     import json
-
-    from ..models import load_model
 
     name = args.model
     if path is not None and not Path(path).is_file():
@@ -29,7 +27,7 @@ def model_for(args: argparse.Namespace, path: str | None = None):
             name = json.loads(meta.read_text())["model"]
         except (OSError, ValueError, KeyError, TypeError):
             raise AdvlensError(f"cannot read the detector metadata {meta}; pass --model") from None
-    return load_model(name or "efficientnet_lite0", weights=args.weights, device=args.device)
+    return load_model_for(args, name or "efficientnet_lite0")
 
 
 def _cmd_fit(args: argparse.Namespace) -> None:

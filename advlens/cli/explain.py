@@ -1,10 +1,10 @@
-"""``advlens models``, ``advlens explain`` and ``advlens train``."""
+"""``advlens models``, ``advlens layers``, ``advlens explain`` and ``advlens train``."""
 from __future__ import annotations
 
 import argparse
 
-from ._args import (batch_size_arg, common, data_args, layers_arg, load_model_and_images, output_dir, overwrite_arg,
-                    positive_int, speed_args)
+from ._args import (batch_size_arg, common, data_args, layers_arg, load_model_and_images, load_model_for, model_args,
+                    output_dir, overwrite_arg, positive_int, speed_args)
 
 __all__ = ["add_parsers"]
 
@@ -14,6 +14,18 @@ def _cmd_models(args: argparse.Namespace) -> None:
 
     for name in list_models(args.pattern):
         print(name)
+
+
+def _cmd_layers(args: argparse.Namespace) -> None:
+    from ..models.discover import layer_table
+
+    model = load_model_for(args, args.ref)
+    rows = layer_table(model)
+    width = max(len(r["name"]) for r in rows)
+    print(f"{model.name}: {len(rows)} explainable layers, input {model.input_size[0]}×{model.input_size[1]}, "
+          f"{len(model.labels)} classes")
+    for r in rows:
+        print(f"  {r['name']:<{width}}  {r['shape']:<16} {r['note']}".rstrip())
 
 
 def _cmd_explain(args: argparse.Namespace) -> None:
@@ -54,12 +66,20 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def add_parsers(sub) -> None:
-    """Register ``models``, ``explain`` and ``train``."""
+    """Register ``models``, ``layers``, ``explain`` and ``train``."""
     from ..explain.api import list_methods
 
     sp = sub.add_parser("models", help="list the registered models")
     sp.add_argument("pattern", nargs="?", default="*", help="wildcard filter, e.g. 'small_*'")
     sp.set_defaults(fn=_cmd_models)
+
+    sp = sub.add_parser("layers", help="the explainable layers of a model (found automatically for your own) "
+                        "with the shape of their maps")
+    sp.add_argument("ref", nargs="?", default=None, metavar="MODEL",
+                    help="the model (same as --model): a registered name or your own (timm:resnet18, …)")
+    model_args(sp)
+    sp.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    sp.set_defaults(fn=_cmd_layers)
 
     sp = sub.add_parser("explain", help="explanation maps at every requested layer (one pass)")
     common(sp, "advlens-explain")

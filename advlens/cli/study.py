@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 
 from .._checks import AdvlensError
-from ._args import batch_size_arg, common, natural_int, positive_int, speed_args
+from ._args import batch_size_arg, common, data_args, model_options, natural_int, positive_int, speed_args
 
 __all__ = ["add_parsers"]
 
@@ -13,8 +13,8 @@ def _cmd_demo(args: argparse.Namespace) -> None:
     from ..studies.runner import run_study
     from ..studies.spec import load_spec
 
-    spec = load_spec(study="demo", model=args.model, data=args.images, limit=args.limit, seed=args.seed,
-                     device=args.device)
+    spec = load_spec(study="demo", model=args.model, weights=args.weights, model_options=model_options(args),
+                     data=args.images, limit=args.limit, seed=args.seed, device=args.device, skip_bad=args.skip_bad)
     path = run_study(spec, args.out, progress=not args.quiet)
     print(f"wrote {path}, {args.out}/results.parquet, {args.out}/figures/")
 
@@ -45,9 +45,7 @@ def add_parsers(sub) -> None:
     common(sp, None)
     sp.add_argument("--out", default="advlens-demo", help="a new or empty folder, or a previous demo's to resume "
                     "(default: advlens-demo)")
-    sp.add_argument("--model", default="efficientnet_lite0", help="model name (default: efficientnet_lite0)")
-    sp.add_argument("--images", default="samples", help="image source (default: samples)")
-    sp.add_argument("--limit", type=positive_int, default=None, help="use at most N images")
+    data_args(sp)
     sp.set_defaults(fn=_cmd_demo)
 
     sp = sub.add_parser("study", help="run or resume a study (a TOML spec or a preset) into --out")

@@ -27,9 +27,11 @@ from torch import nn
 from .._checks import AdvlensError, unknown_name
 from .tokens import TokenGrid
 
-__all__ = ["LayerInfo", "probe_layers", "find_layers", "find_cam"]
+__all__ = ["LayerInfo", "probe_layers", "find_layers", "find_cam", "layer_table"]
 
 _POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+#: what :func:`probe_layers` returns: ``(infos, logits [1, C], {name: output})``
+Probe = tuple[list["LayerInfo"], torch.Tensor, dict]
 
 
 @dataclass(frozen=True)
@@ -165,13 +167,14 @@ def _block_names(net: nn.Module) -> set[str]:
     return found
 
 
-def find_layers(net: nn.Module, input_size: tuple[int, int],
-                layers: str | Sequence[str] = "auto") -> tuple[dict[str, nn.Module], dict[str, TokenGrid]]:
+def find_layers(net: nn.Module, input_size: tuple[int, int], layers: str | Sequence[str] = "auto",
+                probe: Probe | None = None) -> tuple[dict[str, nn.Module], dict[str, TokenGrid]]:
     """The explainable layers of ``net`` and the token grids of the transformer ones.
 
     Args:
         net: the network (normalized input). input_size: ``(H, W)`` of its input.
         layers: ``"auto"`` (see the module docstring) or module names (their grids are found too).
+        probe: the result of :func:`probe_layers` for ``net`` at ``input_size``, if already run.
 
     Returns:
         ``({name: module}, {name: TokenGrid})``, layers in forward order.
@@ -180,7 +183,7 @@ def find_layers(net: nn.Module, input_size: tuple[int, int],
         AdvlensError: an unknown module name, a module that runs more than once or returns no tensor,
             or no layer with a spatial map.
     """
-    infos, _, _ = probe_layers(net, input_size)
+    infos, _, _ = probe or probe_layers(net, input_size)
     by_name = {i.name: i for i in infos}
     modules = dict(net.named_modules())
     channels = _feature_channels(net)
@@ -239,12 +242,14 @@ def _auto_names(net: nn.Module, infos: list[LayerInfo], channels: dict[str, int]
 
 
 def find_cam(net: nn.Module, input_size: tuple[int, int], layers: Mapping[str, nn.Module],
-             grids: Mapping[str, TokenGrid], classifier: nn.Module | None = None) -> tuple[str | None, nn.Linear | None]:
+             grids: Mapping[str, TokenGrid], classifier: nn.Module | None = None,
+             probe: Probe | None = None) -> tuple[str | None, nn.Linear | None]:
     """``(cam_layer, classifier)`` when CAM is exact for ``net``, else ``(None, None)``.
 
     The last ``nn.Linear`` (or ``classifier``) and the last layer qualify when
     ``classifier(mean over h, w of the layer's output)`` equals the logits of a random probe image
     (relative error ≤ 1e-4): then the network is global average pooling + that linear layer.
+    ``probe``: the result of :func:`probe_layers` for ``net`` at ``input_size``, if already run.
     """
     linear = classifier if isinstance(classifier, nn.Linear) else None
     if linear is None:
@@ -255,7 +260,7 @@ def find_cam(net: nn.Module, input_size: tuple[int, int], layers: Mapping[str, n
     last = list(layers)[-1]
     if last in grids:
         return None, None
-    _, logits, outputs = probe_layers(net, input_size)
+    _, logits, outputs = probe or probe_layers(net, input_size)
     act = outputs.get(last)
     if act is None or act.ndim != 4 or act.shape[1] != linear.in_features:
         return None, None
@@ -263,3 +268,24 @@ def find_cam(net: nn.Module, input_size: tuple[int, int], layers: Mapping[str, n
         cam_logits = linear(act.mean(dim=(2, 3)))
     err = (cam_logits - logits).abs().max() / logits.abs().max().clamp_min(1e-12)
     return (last, linear) if float(err) <= 1e-4 else (None, None)
+
+
+def layer_table(model) -> list[dict[str, str]]:
+    """One row per explainable layer of a :class:`~advlens.models.ClassifierModel`: ``name``, the
+    ``shape`` of its map input ``C×h×w`` (after any token reshape) and a ``note`` (token layout, CAM)."""
+    _, _, outputs = probe_layers(model.net, model.input_size)
+    module_names = {id(m): n for n, m in model.net.named_modules()}  # display name -> module name
+    rows = []
+    for name, module in model.layers.items():
+        out, grid = outputs.get(module_names.get(id(module), "")), model.grids.get(name)
+        if out is None:
+            shape, note = "-", "does not run in a forward"
+        else:
+            mapped = grid.to_grid(out) if grid is not None else out
+            shape = "×".join(str(d) for d in mapped.shape[1:])
+            note = "" if grid is None else (f"tokens → {grid.grid[0]}×{grid.grid[1]} grid, {grid.prefix} prefix "
+                                            "token(s) dropped" if grid.layout == "tokens" else "NHWC → NCHW")
+        if name == model.cam_layer:
+            note = (note + "; " if note else "") + "CAM layer"
+        rows.append({"name": name, "shape": shape, "note": note})
+    return rows

@@ -23,7 +23,7 @@ from pathlib import Path
 from torch import nn
 
 from .._checks import AdvlensError, check_file, check_int, first_line, unknown_name
-from .discover import find_cam, find_layers
+from .discover import find_cam, find_layers, probe_layers
 from .weights import load_into, read_state_dict
 from ..data.io import INTERPOLATIONS
 from .wrapper import ClassifierModel
@@ -211,10 +211,11 @@ def load_reference(ref: str, weights: str | None = None, *, num_classes: int | N
         log.warning("%s has random weights (pass --weights / weights= with a checkpoint for trained ones)", ref)
     net.eval()
     hw = size or built.input_size
-    found, grids = find_layers(net, hw, layers)
+    probe = probe_layers(net, hw)  # one probe forward serves discovery, the CAM check and the class count
+    found, grids = find_layers(net, hw, layers, probe)
     head = net.get_classifier() if hasattr(net, "get_classifier") else None
-    cam_layer, classifier = find_cam(net, hw, found, grids, head if isinstance(head, nn.Module) else None)
-    classes = classifier.out_features if classifier is not None else _classes(net, hw)
+    cam_layer, classifier = find_cam(net, hw, found, grids, head if isinstance(head, nn.Module) else None, probe)
+    classes = classifier.out_features if classifier is not None else int(probe[1].shape[1])
     if labels is not None:
         names = read_labels(labels, classes)
     elif len(built.labels) == classes:
@@ -227,10 +228,3 @@ def load_reference(ref: str, weights: str | None = None, *, num_classes: int | N
         names = [str(i) for i in range(classes)]
     return ClassifierModel(net, _pair(mean, built.mean, "mean"), _pair(std, built.std, "std"), found, names, hw, ref,
                            cam_layer, classifier, grids, built.crop_pct, built.interpolation)
-
-
-def _classes(net: nn.Module, size: tuple[int, int]) -> int:
-    from .discover import probe_layers
-
-    _, logits, _ = probe_layers(net, size)
-    return int(logits.shape[1])

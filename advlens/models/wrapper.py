@@ -231,8 +231,9 @@ def wrap(
     Example:
         >>> net = torchvision.models.resnet18()
         >>> model = wrap(net, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), ["layer3", "layer4"])
-        >>> list(wrap(net, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)).layers)[:3]
-        ['relu', 'layer1.0', 'layer1.1']
+        >>> auto = wrap(net, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225))  # layers="auto"
+        >>> list(auto.layers)[:3] == ["relu", "layer1.0", "layer1.1"], auto.cam_layer
+        (True, 'layer4.1')
     """
     from .discover import find_cam, find_layers
 

@@ -15,7 +15,7 @@ from ..explain import explain_many
 from ..explain.api import normalize_maps
 from ..models import ClassifierModel, load_model
 
-__all__ = ["Unit", "load_entry", "maps_in_batches", "similarity_rows", "SIMILARITIES", "chunks", "entries", "safe_name",
+__all__ = ["Unit", "load_entry", "main_entry", "maps_in_batches", "similarity_rows", "SIMILARITIES", "chunks", "entries", "safe_name",
            "units_per_chunk", "entries_on_test_split"]
 
 
@@ -37,7 +37,8 @@ SIMILARITIES = {"cosine": M.cosine, "nissim": M.nissim, "ssim": M.ssim, "l1": M.
 
 
 def load_entry(entry: dict[str, Any], spec, limit: int | None | str = "spec") -> tuple[ClassifierModel, ImageBatch]:
-    """Model and images of one ``{model, data, weights?, seed?, split?, n?, defense?}`` entry, at the model's size.
+    """Model and images of one ``{model, data, weights?, model_options?, seed?, split?, n?, defense?}`` entry, the
+    images prepared as the model expects (:meth:`~advlens.models.ClassifierModel.image_options`).
 
     The model runs on ``spec.device`` with the spec's precision, memory format and compile mode;
     ``limit`` defaults to ``spec.limit``.
@@ -51,7 +52,8 @@ def load_entry(entry: dict[str, Any], spec, limit: int | None | str = "spec") ->
     """
     seed, limit = spec.seed, spec.limit if limit == "spec" else limit
     kw = {"seed": entry["seed"]} if "seed" in entry else {}
-    model = load_model(entry["model"], weights=entry.get("weights"), device=spec.device, **kw)
+    model = load_model(entry["model"], weights=entry.get("weights"), device=spec.device, **kw,
+                       **entry.get("model_options", {}))
     model.set_precision(spec.precision, channels_last=spec.channels_last)
     if spec.compile != "off":
         model.set_compile(spec.compile)
@@ -63,15 +65,22 @@ def load_entry(entry: dict[str, Any], spec, limit: int | None | str = "spec") ->
             raise AdvlensError(f"the defense of {entry['model']!r} needs a 'kind' key, got {entry['defense']!r}")
         model = wrap(model, d.pop("kind"), seed=seed, **d)
     n = entry.get("n", None if entry.get("split") else limit)
-    batch = load_images(entry["data"], size=model.input_size, n=n, split=entry.get("split"), seed=seed)
+    batch = load_images(entry["data"], n=n, split=entry.get("split"), seed=seed, skip_bad=spec.skip_bad,
+                        **model.image_options())
     if limit is not None:
         batch = batch[:limit]
     return model, batch
 
 
+def main_entry(spec) -> dict[str, Any]:
+    """The spec's own ``model``/``weights``/``model_options``/``data``/``split`` as one entry."""
+    return {"model": spec.model, "data": spec.data, "weights": spec.weights, "split": spec.split,
+            "model_options": spec.model_options}
+
+
 def entries(spec) -> list[dict[str, Any]]:
     """The spec's ``models`` list, or its single ``model``/``data`` as a one-entry list."""
-    return spec.models or [{"model": spec.model, "data": spec.data, "weights": spec.weights, "split": spec.split}]
+    return spec.models or [main_entry(spec)]
 
 
 def entries_on_test_split(spec, why: str) -> list[dict[str, Any]]:

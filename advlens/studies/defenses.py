@@ -130,7 +130,8 @@ def plan(spec: DefensesSpec) -> list[Unit]:
             units.append(Unit(key, lambda m, b, c=cfg, e=entry, mm=memo: _run(spec, attacks, m, b, c, e, mm),
                               (model, batch)))
         if spec.detectors:
-            fit = load_images(entry["data"], size=model.input_size, n=entry.get("n"), split="train", seed=spec.seed)
+            fit = load_images(entry["data"], n=entry.get("n"), split="train", seed=spec.seed,
+                              skip_bad=spec.skip_bad, **model.image_options())
             units.append(Unit(f"{mi:02d}-{safe_name(model.name)}-detectors",
                               lambda m, b, f: _detectors(spec, attacks, m, b, f), (model, batch, fit[: spec.fit_size])))
     return units

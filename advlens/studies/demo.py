@@ -25,7 +25,7 @@ from ..attacks import attack, matched_noise
 from ..data import ImageBatch
 from ..models import ClassifierModel
 from ..report import Section, bar_plot, layer_shift_plot, map_grid, write_report
-from ._common import Unit, chunks, load_entry, maps_in_batches, similarity_rows
+from ._common import Unit, chunks, load_entry, main_entry, maps_in_batches, similarity_rows
 from .layer_shift import compromise_table
 from .spec import Explainers, StudySpec, register_study
 
@@ -61,8 +61,7 @@ _METRICS, _MINMAX = ("cosine", "nissim"), ("nissim",)  # cosine of raw maps (eq.
 
 def plan(spec: DemoSpec) -> list[Unit]:
     """One unit per chunk of ``batch_size`` images."""
-    model, batch = load_entry({"model": spec.model, "data": spec.data, "weights": spec.weights,
-                               "split": spec.split}, spec)
+    model, batch = load_entry(main_entry(spec), spec)
     return [Unit(f"{i:05d}", lambda m, b, i=i, sl=sl: _run(spec, m, b, i, sl), (model, batch))
             for i, sl in enumerate(chunks(len(batch), spec.batch_size))]
 

@@ -123,7 +123,8 @@ def plan(spec: DetectionSpec) -> list[Unit]:
     units = []
     for mi, entry in enumerate(entries_on_test_split(spec, "scores split 'test' and fits on split 'train'")):
         model, batch = load_entry(entry, spec)
-        fit = load_images(entry["data"], size=model.input_size, n=entry.get("n"), split="train", seed=spec.seed)
+        fit = load_images(entry["data"], n=entry.get("n"), split="train", seed=spec.seed,
+                          skip_bad=spec.skip_bad, **model.image_options())
         configs = [dict(c) for c in (spec.detectors or DEFAULT_DETECTORS)]
         _check_configs(configs)  # unknown kinds / parameters fail before anything is written
         units.append(Unit(f"{mi:02d}-{safe_name(model.name)}", lambda m, b, f, c=configs: _run(spec, m, b, f, c),

@@ -22,7 +22,7 @@ import torch
 
 from .. import metrics as M
 from .._checks import AdvlensError, unknown_name
-from .._rng import image_generators
+from .._rng import random_other_class
 from ..attacks import attack
 from ..attacks.interpretation import BASES, INTERPRETERS
 from ..explain import explain
@@ -122,8 +122,7 @@ def _run(spec: InterpreterAttackSpec, settings: dict[str, Any], model, batch, sl
     c = len(model.labels)
     t = None
     if settings["targeted"]:  # seed 004's y_t = (y + randint(1, C)) mod C, drawn per image (batch-independent)
-        shift = torch.stack([torch.randint(1, c, (), generator=g, device=x.device) for g in image_generators(x, spec.seed)])
-        t = (y + shift) % c
+        t = random_other_class(x, y, c, spec.seed)
     interps, params = spec.explainers, settings["params"]
     ref = {g: _maps(model, x, g, t if (g == "rts" and t is not None) else y, params) for g in interps}
     base_cols = {"model": model.name, "data": entry["data"], "image": list(names), "label": y.cpu().numpy(),

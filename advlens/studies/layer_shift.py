@@ -47,7 +47,7 @@ from ..explain.api import layers_for, normalize_maps
 from ..metrics.coverage import coverage_layers, first_covered, neuron_values
 from ..models import ClassifierModel
 from ..report import Section, bar_plot, layer_shift_plot, map_grid, write_report
-from ._common import chunks, load_entry, maps_in_batches, similarity_rows
+from ._common import chunks, load_entry, main_entry, maps_in_batches, similarity_rows
 from .runner import Unit
 from .spec import Explainers, Layers, Metrics, Strengths, StudySpec, register_study
 
@@ -114,8 +114,7 @@ register_study("layer_shift", LayerShiftSpec, presets={"seed000": {
 
 def plan(spec: LayerShiftSpec) -> list[Unit]:
     """One unit per chunk of ``batch_size`` images."""
-    model, batch = load_entry({"model": spec.model, "data": spec.data, "weights": spec.weights,
-                               "split": spec.split}, spec)
+    model, batch = load_entry(main_entry(spec), spec)
     for m in spec.explainers:  # fail on unknown explainers/layers before anything is written
         layers_for(model, m, spec.layers)
     params = {k: v for k, v in spec.attack.items() if k != "method"}

@@ -60,6 +60,19 @@ AttackTable = Annotated[dict[str, Any], _needs_key("method", "{method = 'fgsm', 
 KindTable = Annotated[dict[str, Any], _needs_key("kind", "{kind = 'median', k = 3}")]
 
 
+class ModelOptions(TypedDict, total=False):
+    """Options of a model reference (``timm:NAME``, ``torchvision:NAME``, ``file.py:factory``…), as
+    :func:`advlens.models.refs.load_reference` takes them: ``num_classes``, ``labels`` (a file or a
+    list of names), ``mean``/``std`` (R, G, B), ``input_size`` (an int or ``[H, W]``)."""
+
+    __pydantic_config__ = _STRICT  # type: ignore[misc]
+    num_classes: PositiveInt
+    labels: str | list[str]
+    mean: Annotated[list[float], Field(min_length=3, max_length=3)]
+    std: Annotated[list[Annotated[float, Field(gt=0)]], Field(min_length=3, max_length=3)]
+    input_size: Annotated[int, Field(ge=8)] | Annotated[list[Annotated[int, Field(ge=8)]], Field(min_length=2, max_length=2)]
+
+
 class _Surrogate(TypedDict, total=False):
     """Another model of the same data that makes black-box (transfer) attacks (seed 003)."""
 
@@ -67,20 +80,24 @@ class _Surrogate(TypedDict, total=False):
     model: Required[str]
     data: str
     weights: str | None
+    model_options: ModelOptions
     seed: NaturalInt
 
 
 class ModelEntry(TypedDict, total=False):
-    """One ``models`` entry: ``{model, data, weights?, seed?, split?, n?, surrogate?, defense?}``.
+    """One ``models`` entry: ``{model, data, weights?, model_options?, seed?, split?, n?, surrogate?, defense?}``.
 
-    ``seed`` picks another training seed of a small model, ``n`` the size of a generated set
-    (``shapes``), ``defense`` an input transform ``{kind, **params}`` the model is put behind.
+    ``model`` is a registered name or a reference to your own network (``model_options`` then sets its
+    classes, labels, normalization, input size); ``seed`` picks another training seed of a small model,
+    ``n`` the size of a generated set (``shapes``), ``defense`` an input transform ``{kind, **params}``
+    the model is put behind.
     """
 
     __pydantic_config__ = _STRICT  # type: ignore[misc]
     model: Required[str]
     data: Required[str]
     weights: str | None
+    model_options: ModelOptions
     seed: NaturalInt
     split: Split | None
     n: PositiveInt
@@ -111,7 +128,11 @@ class StudySpec(BaseModel):
     Attributes:
         study: the pipeline (see :func:`list_studies`).
         model, weights, data, split: the model under study and its images, or ``models``: a list of
-            :class:`ModelEntry` tables, one per architecture (used instead when given).
+            :class:`ModelEntry` tables, one per architecture (used instead when given). ``model`` may be
+            your own network (``timm:NAME``, ``torchvision:NAME``, ``file.py:factory``…) with
+            ``model_options`` (:class:`ModelOptions`); ``data`` any source of :func:`advlens.data.load_images`
+            (folders, ImageNet's wnid folders, a ``.csv``/``.parquet`` of ``path,label``).
+        skip_bad: skip unreadable image files (named in warnings) instead of stopping.
         attack: ``{method, **params}``; what the parameters mean is the study's (see its module).
         limit: at most this many images per data set. seed: every random draw derives from it.
         device: torch device. batch_size: images per resumable chunk, or ``"auto"`` (fits free memory).
@@ -126,8 +147,10 @@ class StudySpec(BaseModel):
     study: str = "layer_shift"
     model: str = "efficientnet_lite0"
     weights: str | None = None
+    model_options: ModelOptions = Field(default_factory=dict)  # type: ignore[assignment]
     data: str = "samples"
     split: Split | None = None
+    skip_bad: bool = False
     models: list[ModelEntry] = Field(default_factory=list)
     attack: AttackTable = Field(default_factory=lambda: {"method": "fgsm", "eps": 2 / 255})
     limit: PositiveInt | None = None
@@ -155,6 +178,9 @@ class StudySpec(BaseModel):
         if d["precision"] == "fp32" and not d["channels_last"]:  # the defaults: older folders stay resumable
             d.pop("precision")
             d.pop("channels_last")
+        for key, default in (("model_options", {}), ("skip_bad", False)):  # newer keys at their defaults
+            if d[key] == default:
+                d.pop(key)
         return d
 
 
