@@ -12,6 +12,7 @@ Prints
   * (b) all-layer Grad-CAM (12 blocks, tokens reshaped to 14x14 grids inside the hook) on ViT-S/16 at
     224x224 vs the floor: one forward of the bare timm model (normalization outside, no hooks) and one
     backward of the target logits' sum to the input, timed alternately (``all_layer_cam.timed_alternating``);
+    Grad-CAM needs no gradient below ``blocks.0`` (patch embedding), so it may beat this floor;
 then a targets table in the style of ``all_layer_cam.py``:
   * load + discovery overhead per model       <= 1 s
   * ViT-S/16 all-layer Grad-CAM / floor        >= 0.85x   (printed as floor time / our time)

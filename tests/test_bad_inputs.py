@@ -193,6 +193,19 @@ CASES = [
     (["defend", "eval", "--defense", "nope", *D], "nope"),
     (["defend", "eval", "--defense", "median", "--defense-param", "k=0", *D], "k"),
     (["defend", "eval", "--defense", "median", "--attack", "nope", *D], "unknown attack 'nope'"),
+    # your own model (issue 18): unknown references, flags, a factory that is not one, a pickle as weights
+    (["layers", "timm:resnet181"], "did you mean 'resnet18'"),
+    (["layers", "torchvision:resnet19"], "did you mean 'resnet18'"),
+    (["layers", "nope"], "or a reference timm:NAME"),
+    (["layers", "missing.py:build"], "missing.py"),
+    (["layers", "torchvision:resnet18", "--weights", "payload.pth"], "payload.pth"),
+    (["layers", "torchvision:resnet18", "--input-size", "4"], "--input-size"),
+    (["attack", *D, "--mean", "0.5,0.5"], "--mean: must be three comma-separated numbers"),
+    (["attack", *D, "--num-classes", "0"], "--num-classes"),
+    (["attack", "--model", "small_vgg_digits", "--num-classes", "3", "--images", "digits", "--out", "o"],
+     "has no option 'num_classes'"),
+    (["explain", "--model", "torchvision:resnet18", "--input-size", "32", "--images", "missing_table.csv",
+      "--out", "o"], "missing_table.csv"),
 ]
 
 

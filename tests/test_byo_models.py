@@ -83,6 +83,8 @@ def trained(request, tmp_path_factory):
     for fmt in FORMATS:
         paths[fmt] = root / f"weights_{fmt}.{'safetensors' if fmt == 'safetensors' else 'pth'}"
         _save(net.state_dict(), fmt, paths[fmt])
+    paths["SAFETENSORS"] = root / "weights_upper.SAFETENSORS"  # the suffix in any case
+    _save(net.state_dict(), "safetensors", paths["SAFETENSORS"])
     return ref, net, paths
 
 
@@ -150,6 +152,14 @@ def test_discovered_layers():
     assert tuple(vit.mean.flatten().tolist()) == (0.5, 0.5, 0.5) and vit.input_size == (64, 48)
     maps = al.explain(vit, torch.rand(1, 3, 64, 48), "gradcam", layers="blocks.11", target=0)
     assert maps["blocks.11"].shape == (1, 64, 48)
+
+
+def test_preprocessing_from_the_models_config():
+    tagged = _load("timm:resnet18.a1_in1k", num_classes=CLASSES, input_size=SIZE)  # its pretrained_cfg
+    assert (tagged.crop_pct, tagged.interpolation) == (0.95, "bicubic")
+    tv = _load("torchvision:resnet18", num_classes=CLASSES, mean=(0.1, 0.2, 0.3), std=(1, 2, 4))
+    assert (tv.input_size, tv.crop_pct, tv.interpolation) == ((224, 224), 224 / 256, "bilinear")  # its weights enum
+    assert tv.mean.flatten().tolist() == pytest.approx([0.1, 0.2, 0.3]) and tv.std.flatten().tolist() == [1, 2, 4]
 
 
 def test_cam_on_torchvision_resnet_is_the_formula():
@@ -249,6 +259,8 @@ def test_errors(tmp_path):
     assert "fc.weight" in msg and "[10, 512]" in msg and "[1000, 512]" in msg and "num_classes" in msg
     msg = _error("timm:resnet181", num_classes=CLASSES)
     assert "did you mean 'resnet18'" in msg
+    msg = _error("timm:resnet10t.bogus_tag", num_classes=CLASSES)  # timm's RuntimeError, as one line
+    assert "timm cannot build 'resnet10t.bogus_tag'" in msg and "bogus_tag" in msg.split("(", 1)[1]
     msg = _error("torchvision:resnet19", num_classes=CLASSES)
     assert "torchvision" in msg and "'resnet18'" in msg
     msg = _error(f"{tmp_path / 'mynet.py'}:not_a_module", num_classes=CLASSES)

@@ -61,10 +61,14 @@ def _timm(name: str, num_classes: int | None, input_size: tuple[int, int] | None
     if not timm.is_model(name):
         raise unknown_name("timm model", name, timm.list_models())
     kw = {"num_classes": num_classes} if num_classes is not None else {}
-    try:  # transformers take their input size (position embeddings follow it); CNNs do not need it
-        net = timm.create_model(name, pretrained=False, **kw, **({"img_size": input_size} if input_size else {}))
-    except TypeError:
-        net = timm.create_model(name, pretrained=False, **kw)
+    size_kw = {"img_size": input_size} if input_size else {}
+    try:
+        try:  # transformers take their input size (position embeddings follow it); CNNs do not need it
+            net = timm.create_model(name, pretrained=False, **kw, **size_kw)
+        except TypeError:
+            net = timm.create_model(name, pretrained=False, **kw)
+    except Exception as e:  # an unknown pretrained tag ('resnet18.bogus'), an option the model refuses
+        raise AdvlensError(f"timm cannot build {name!r} ({type(e).__name__}: {first_line(e)})") from None
     cfg = dict(getattr(net, "pretrained_cfg", {}) or {})
     size = tuple(cfg.get("input_size", (3, 224, 224))[1:])
     interp = cfg.get("interpolation", "bilinear")

@@ -37,14 +37,14 @@ def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            if path.suffix == ".safetensors":
+            if path.suffix.lower() == ".safetensors":
                 from safetensors.torch import load_file
 
                 obj: object = load_file(str(path), device="cpu")
             else:
                 obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, pickle with code, wrong format
-        foreign = _pickled_globals(path) if path.suffix != ".safetensors" else []
+        foreign = _pickled_globals(path) if path.suffix.lower() != ".safetensors" else []
         if foreign:
             shown = ", ".join(foreign[:3]) + (", …" if len(foreign) > 3 else "")
             raise AdvlensError(

@@ -235,7 +235,7 @@ def wrap(
         >>> list(auto.layers)[:3] == ["relu", "layer1.0", "layer1.1"], auto.cam_layer
         (True, 'layer4.1')
     """
-    from .discover import find_cam, find_layers
+    from .discover import find_cam, find_layers, probe_layers
 
     named = dict(module.named_modules())
     grids: dict[str, TokenGrid] = {}
@@ -246,9 +246,10 @@ def wrap(
     if isinstance(layers, Mapping):
         layer_map = dict(layers)
     elif isinstance(layers, str) and layers == "auto":
-        layer_map, grids = find_layers(module, input_size, "auto")
+        probe = probe_layers(module, input_size)  # one forward finds the layers and checks CAM
+        layer_map, grids = find_layers(module, input_size, "auto", probe)
         if cam_layer is None:
-            cam_layer, found = find_cam(module, input_size, layer_map, grids, classifier)
+            cam_layer, found = find_cam(module, input_size, layer_map, grids, classifier, probe)
             classifier = classifier or found
     else:
         names = [layers] if isinstance(layers, str) else list(layers)
