@@ -341,3 +341,33 @@ def _concat_results(parts: list[AttackResult]) -> AttackResult:
         group = torch.stack if k.startswith(BATCH_EXTRA) else torch.cat
         extras[k] = group([p.extras[k] for p in parts])
     return AttackResult(**cat, time_s=sum(p.time_s for p in parts), params=parts[0].params, extras=extras)
+
+
+#: the attacks on interpretations (seed 004): ``steps``, ``base``, ``interpreter``; ``eps``/``alpha`` with PGD
+_INTERPRETATION_ATTACKS = ("adv2", "advedge", "advedge+")
+
+
+def budget_params(method: str, eps: float | None = None, steps: int | None = None, alpha: float | None = None,
+                  base: str | None = None, interpreter: str | None = None) -> dict[str, Any]:
+    """What one budget ``eps`` (L∞, [0,1] units) and one iteration count ``steps`` mean for ``method``, as
+    the keyword arguments :func:`attack` takes (the CLI's ``--eps/--steps/--alpha`` and the explorer's
+    fields); ``None`` values are left out, so the attack's own defaults apply.
+
+    ``ifgsm``: ``eps`` is the largest budget tried (``max_eps``, step ``min(1/255, eps)``); ``dlfuzz`` and
+    ``onepixel``: ``steps`` = iterations/generations; ``cw``, ``stadv``: ``steps`` only; ``adv2``/``advedge``
+    (seed 004): ``steps``, ``base``, ``interpreter``, and ``eps``/``alpha`` with the PGD base.
+    """
+    params: dict[str, Any] = {
+        "fgsm": {"eps": eps},
+        "ifgsm": {"max_eps": eps, "eps_step": None if eps is None else min(1 / 255, eps)},
+        "pgd": {"eps": eps, "steps": steps, "alpha": alpha},
+        "dlfuzz": {"iterations": steps},
+        "onepixel": {"iterations": steps},
+        "cw": {"steps": steps},
+        "stadv": {"steps": steps},
+    }.get(method, {})
+    if method in _INTERPRETATION_ATTACKS:
+        params = {"steps": steps, "base": base, "interpreter": interpreter}
+        if base in (None, "pgd"):
+            params.update(eps=eps, alpha=alpha)
+    return {k: v for k, v in params.items() if v is not None}

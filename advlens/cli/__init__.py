@@ -2,7 +2,7 @@
 unexpected failure (one line; ``-v`` shows the traceback), 130 when interrupted.
 
 One module per command group (:mod:`.explain`: models, explain, train; :mod:`.attack`; :mod:`.study`:
-demo, study, report; :mod:`.detect`; :mod:`.defend`) over the shared argument helpers of :mod:`._args`;
+demo, study, report; :mod:`.detect`; :mod:`.defend`; :mod:`.explore`) over the shared argument helpers of :mod:`._args`;
 the command modules import only ``_args`` and the library, never each other.
 """
 from __future__ import annotations
@@ -13,12 +13,12 @@ import sys
 import warnings
 
 from .._checks import AdvlensError
-from . import attack, defend, detect, explain, study
+from . import attack, defend, detect, explain, explore, study
 from ._args import Parser, one_line, printable
 
 __all__ = ["main"]
 
-_GROUPS = (explain, study, attack, detect, defend)  # each registers its commands with add_parsers(sub)
+_GROUPS = (explain, study, attack, detect, defend, explore)  # each registers its commands with add_parsers(sub)
 
 
 def _parser() -> argparse.ArgumentParser:

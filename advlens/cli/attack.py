@@ -9,27 +9,13 @@ from ._args import (batch_size_arg, common, data_args, load_model_with_speed, ou
 
 __all__ = ["add_parsers", "attack_params"]
 
-_INTERPRETATION_ATTACKS = ("adv2", "advedge", "advedge+")
-
 
 def attack_params(args: argparse.Namespace) -> dict[str, object]:
-    """What ``--eps/--steps/--alpha`` mean for each attack, plus ``--param KEY=VALUE`` pairs. Unset flags
-    are None: the attack's own default (e.g. PGD's ``alpha = eps / 4``)."""
-    m, steps = args.method, args.steps
-    params: dict[str, object] = {
-        "fgsm": {"eps": args.eps},
-        "ifgsm": {"max_eps": args.eps, "eps_step": None if args.eps is None else min(1 / 255, args.eps)},
-        "pgd": {"eps": args.eps, "steps": steps, "alpha": args.alpha},
-        "dlfuzz": {"iterations": steps},
-        "onepixel": {"iterations": steps},
-        "cw": {"steps": steps},
-        "stadv": {"steps": steps},
-    }.get(m, {})
-    if m in _INTERPRETATION_ATTACKS:
-        params = {"steps": steps, "base": args.base, "interpreter": args.interpreter}
-        if args.base == "pgd":
-            params.update(eps=args.eps, alpha=args.alpha)
-    params = {k: v for k, v in params.items() if v is not None}
+    """What ``--eps/--steps/--alpha`` mean for each attack (:func:`advlens.attacks.budget_params`), plus
+    ``--param KEY=VALUE`` pairs. Unset flags are None: the attack's own default (e.g. PGD's ``alpha = eps / 4``)."""
+    from ..attacks import budget_params
+
+    params = budget_params(args.method, args.eps, args.steps, args.alpha, args.base, args.interpreter)
     params.update(param_pairs(args.param))
     return params
 
