@@ -160,8 +160,8 @@ def create_app(model: str | None = None, images: str | None = None, weights: str
                           "thumbnail": png_url(batch.x[i], 96)})
         return {"images": shown, "count": count}
 
-    @app.post("/api/run")
-    def run(body: RunIn) -> dict:
+    @app.post("/api/run", response_model=None)
+    def run(body: RunIn) -> JSONResponse:
         name = body.model or session.default_model
         if body.image is not None:
             def get_image(m):
@@ -174,7 +174,7 @@ def create_app(model: str | None = None, images: str | None = None, weights: str
         layers = body.layers if isinstance(body.layers, str) else tuple(body.layers)
         p = LiveParams(body.attack.method, body.attack.eps, body.attack.steps, body.strength, body.method, layers,
                        body.k, body.seed)
-        return session.run(name, get_image, p)
+        return JSONResponse(session.run(name, get_image, p))  # plain JSON: no per-field re-encoding of the maps
 
     if study is not None:
         _study_routes(app, session, study)
@@ -199,8 +199,8 @@ def _study_routes(app: FastAPI, session: Session, study) -> None:
               explainer: Filter = None) -> dict:
         return study.curve(metric, {"image": image, "strength": strength, "explainer": explainer})
 
-    @app.post("/api/study/maps")
-    def maps(body: StudyMapsIn) -> dict:
+    @app.post("/api/study/maps", response_model=None)
+    def maps(body: StudyMapsIn) -> JSONResponse:
         spec = study.spec
         attack = dict(spec.attack)
         method = attack.pop("method")
@@ -208,7 +208,7 @@ def _study_routes(app: FastAPI, session: Session, study) -> None:
         p = LiveParams(method, None, None, body.strength, body.explainer, "all", body.k, spec.seed, frozen)
         model, x = study.image(body.image)
         session.adopt(model)
-        return session.run(model.name, lambda m: (x, f"study:{body.image}"), p)
+        return JSONResponse(session.run(model.name, lambda m: (x, f"study:{body.image}"), p))
 
     @app.get("/api/study/file")
     def file(path: Annotated[str, Query(min_length=1, max_length=1024)]) -> FileResponse:

@@ -8,7 +8,7 @@ from functools import lru_cache
 import torch
 import torch.nn.functional as F
 
-__all__ = ["png_url", "map_url", "MAX_SIDE"]
+__all__ = ["png_url", "map_urls", "MAX_SIDE"]
 
 #: longest side of an encoded map or image (the page scales them; large inputs stay light)
 MAX_SIDE = 224
@@ -42,13 +42,15 @@ def png_url(img: torch.Tensor, max_side: int = MAX_SIDE) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def map_url(m: torch.Tensor, background: torch.Tensor, max_side: int = MAX_SIDE, alpha: float = 0.55) -> str:
-    """A map ``[H,W]`` (min–max scaled, ``jet``) blended over the grey ``background`` ``[3,H,W]``, as PNG."""
-    m = m.detach().float().cpu()
-    lo, hi = m.min(), m.max()
-    unit = (m - lo) / (hi - lo) if float(hi - lo) > 0 else torch.zeros_like(m)
-    colored = _colormap()[(unit * 255).round().long()].permute(2, 0, 1)  # [3,H,W]
-    grey = background.detach().float().cpu().mean(0, keepdim=True).expand(3, -1, -1)
-    if grey.shape[-2:] != colored.shape[-2:]:
-        grey = F.interpolate(grey[None], size=colored.shape[-2:], mode="bilinear", align_corners=False)[0]
-    return png_url(alpha * colored + (1 - alpha) * grey, max_side)
+def map_urls(maps: torch.Tensor, background: torch.Tensor, max_side: int = MAX_SIDE, alpha: float = 0.55) -> list[str]:
+    """Maps ``[M,H,W]`` (each min–max scaled, ``jet``) blended over the grey ``background`` ``[3,H,W]``, as PNG
+    data URLs (colored together in one pass; only the PNG encoding runs per map)."""
+    m = maps.detach().float().cpu()
+    if m.shape[-2:] != background.shape[-2:]:
+        background = F.interpolate(background[None].float(), size=m.shape[-2:], mode="bilinear", align_corners=False)[0]
+    flat = m.flatten(1)
+    lo, hi = flat.min(1).values.view(-1, 1, 1), flat.max(1).values.view(-1, 1, 1)
+    unit = torch.where(hi > lo, (m - lo) / (hi - lo).clamp_min(1e-30), torch.zeros_like(m))
+    colored = _colormap()[(unit * 255).round().long()].permute(0, 3, 1, 2)  # [M,3,H,W]
+    grey = background.detach().float().cpu().mean(0, keepdim=True)
+    return [png_url(img, max_side) for img in alpha * colored + (1 - alpha) * grey]

@@ -24,7 +24,7 @@ from ..attacks import attack_info, list_attacks
 from ..data import count_images, iter_images, list_sources, load_images
 from ..explain.methods import list_methods, method_info
 from ..models import ClassifierModel, list_models, load_model
-from .encode import map_url, png_url
+from .encode import map_urls, png_url
 from .live import CONDITIONS, LiveParams, attack_image, compare_layers, top_labels
 
 __all__ = ["Session", "ApiError", "LRU", "MAX_UPLOAD_BYTES", "MAX_PIXELS", "SOURCE_IMAGES"]
@@ -223,7 +223,7 @@ def encode(out: dict, labels: list[str], p: LiveParams) -> dict:
         "layers": out["layers"],
         "labels": {c: top_labels(out["probs"][c], labels) for c in CONDITIONS},
         "images": {c: png_url(img) for c, img in out["inputs"].items()},
-        "maps": {c: {n: map_url(m, clean) for n, m in maps.items()} for c, maps in out["maps"].items()},
+        "maps": {c: dict(zip(maps, map_urls(torch.stack(list(maps.values())), clean))) for c, maps in out["maps"].items()},
         "cosine": {c: {n: round(v, 6) for n, v in d.items()} for c, d in out["cosine"].items()},
         "threshold": {n: round(v, 6) for n, v in out["threshold"].items()},
         "compromised": out["compromised"], "k": p.k, "strength": p.strength,
