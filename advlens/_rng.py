@@ -16,8 +16,10 @@ the draws themselves come from ``torch.Generator(device=x.device)``, so CPU and 
 differ (as for any torch generator) even though the seeds are equal.
 
 Example:
-    >>> eps = randn_per_image(x, seed=0)            # [N,C,H,W], row i from image i's generator
-    >>> eps = randn_per_image(x, seed=0, copies=50)  # [50,N,C,H,W], copy-major
+    >>> randn_per_image(x, seed=0).shape            # [N,C,H,W], row i from image i's generator
+    torch.Size([4, 3, 32, 32])
+    >>> randn_per_image(x, seed=0, copies=50).shape  # [50,N,C,H,W], copy-major
+    torch.Size([50, 4, 3, 32, 32])
 """
 from __future__ import annotations
 

@@ -206,6 +206,9 @@ CASES = [
      "has no option 'num_classes'"),
     (["explain", "--model", "torchvision:resnet18", "--input-size", "32", "--images", "missing_table.csv",
       "--out", "o"], "missing_table.csv"),
+    # the explorer (issue 19): a port that cannot exist, a RUN_DIR that is no study folder
+    (["explore", "--port", "70000", "--no-browser"], "--port must be at most 65535"),
+    (["explore", "nope_dir", "--no-browser", "--port", "8799"], "RUN_DIR nope_dir is not a folder"),
 ]
 
 

@@ -107,6 +107,8 @@ weights = "{user_files['ckpt'].as_posix()}"
 data = "{user_files['photos'].as_posix()}"
 strengths = [1.0]
 layers = ["layer2.0", "layer4.1"]
+metrics = ["cosine"]
+coverage_layers = "explained"
 attack = {{method = "fgsm", eps = 0.05}}
 
 [model_options]
@@ -173,14 +175,14 @@ def test_attack_streams_a_folder_chunk_by_chunk_with_the_librarys_result(capsys,
     monkeypatch.setattr(cli_args, "STREAM_CHUNK", 2)
     out = tmp_path / "att"
     code, _, err = run(capsys, "attack", "--model", REF, "--weights", user_files["ckpt"], *OPTS, "--images",
-                       user_files["photos"], "--method", "pgd", "--eps", "0.03", "--steps", "3", "--target", "random",
+                       user_files["photos"], "--method", "pgd", "--eps", "0.03", "--steps", "2", "--target", "random",
                        "--out", out, "--quiet")
     assert code == 0, err
     rows = pd.read_parquet(out / "results.parquet")
     model = al.load_model(REF, weights=str(user_files["ckpt"]), num_classes=3, input_size=64)
     batch = al.load_images(user_files["photos"], **model.image_options())
     target = random_other_class(batch.x, model.predict(batch.x), 3, 0)
-    res = al.attack(model, batch.x, None, "pgd", eps=0.03, steps=3, target=target)
+    res = al.attack(model, batch.x, None, "pgd", eps=0.03, steps=2, target=target)
     assert rows.image.tolist() == batch.names and len(set(rows.file)) == 6
     assert rows.adv_pred.tolist() == [model.labels[int(i)] for i in res.pred]
     assert rows.success.tolist() == res.success.tolist()

@@ -303,7 +303,10 @@ def attack(
 
     Example:
         >>> res = attack(model, x, y, method="pgd", eps=8/255, steps=10)
-        >>> res.success.float().mean()
+        >>> res.x_adv.shape, res.success.dtype
+        (torch.Size([4, 3, 32, 32]), torch.bool)
+        >>> 0.0 <= res.success_rate <= 1.0
+        True
     """
     model = check_model(model)
     check_images(x)

@@ -114,8 +114,9 @@ def cw(
     Shape: ``x`` ``[N,3,H,W]`` in [0,1] → ``x_adv`` same shape, in [0,1].
 
     Example:
-        >>> res = attack(model, x, y, method="cw", c=1.0, steps=100, binary_search_steps=5)
-        >>> res.extras["l2"].mean()
+        >>> res = al.attack(model, x, y, method="cw", c=1.0, steps=10, binary_search_steps=2)
+        >>> res.x_adv.shape, res.extras["l2"].shape   # l2: [N] distance of each x_adv to x
+        (torch.Size([4, 3, 32, 32]), torch.Size([4]))
     """
     c, kappa, lr = check_number(c, "c", 0), check_number(kappa, "kappa", 0, strict=False), check_number(lr, "lr", 0)
     steps, rounds = check_int(steps, "steps", 1), check_int(binary_search_steps, "binary_search_steps", 1)

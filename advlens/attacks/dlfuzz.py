@@ -318,7 +318,8 @@ def dlfuzz(
 
     Example:
         >>> res = al.attack(model, x, y, method="dlfuzz", strategy=1, iterations=3)
-        >>> res.extras["coverage_curve"]
+        >>> res.x_adv.shape, res.extras["coverage_curve"].shape
+        (torch.Size([4, 3, 32, 32]), torch.Size([4]))
     """
     if target is not None:
         raise AdvlensError("dlfuzz is untargeted; drop target")

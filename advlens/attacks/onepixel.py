@@ -203,8 +203,9 @@ def onepixel(
     Shape: ``x`` ``[N,3,H,W]`` in [0,1] → ``x_adv`` same shape, at most ``pixels`` positions changed.
 
     Example:
-        >>> res = attack(model, x, y, method="onepixel", pixels=1, popsize=400, iterations=100)
-        >>> res.success_rate, res.extras["queries"].float().mean()
+        >>> res = al.attack(model, x, y, method="onepixel", pixels=1, popsize=10, iterations=2)
+        >>> res.x_adv.shape, res.extras["queries"].shape   # queries: [N] model calls per image
+        (torch.Size([4, 3, 32, 32]), torch.Size([4]))
     """
     size = (x.shape[-2], x.shape[-1])
     if batch_size is None:  # measured: chunks of 256 run 1.3–2× faster on CPU (cache); big batches feed a GPU

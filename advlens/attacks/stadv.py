@@ -102,8 +102,9 @@ def stadv(
     Shape: ``x`` ``[N,3,H,W]`` in [0,1] → ``x_adv`` same shape, in [0,1].
 
     Example:
-        >>> res = attack(model, x, y, method="stadv", tau=0.0005, steps=300)
-        >>> res.extras["flow_loss"]
+        >>> res = al.attack(model, x, y, method="stadv", tau=0.0005, steps=10)
+        >>> res.x_adv.shape, res.extras["flow_loss"].shape   # flow_loss: [N]
+        (torch.Size([4, 3, 32, 32]), torch.Size([4]))
     """
     tau, kappa = check_number(tau, "tau", 0, strict=False), check_number(kappa, "kappa", 0, strict=False)
     lr, steps = check_number(lr, "lr", 0), check_int(steps, "steps", 1)

@@ -138,7 +138,9 @@ def wrap(model: ClassifierModel, defense: str, seed: int = 0, **params) -> Defen
 
     Example:
         >>> defended = wrap(model, "median", k=3)
-        >>> attack(defended.adaptive(), x, y, method="pgd")  # BPDA/EOT where needed
+        >>> res = al.attack(defended.adaptive(), x, y, method="pgd", steps=5)  # BPDA/EOT where needed
+        >>> res.x_adv.shape
+        torch.Size([4, 3, 32, 32])
     """
     if not isinstance(model, ClassifierModel):
         raise AdvlensError(f"expected an advlens ClassifierModel, got {type(model).__name__}")

@@ -230,9 +230,9 @@ def explain(
         ``{layer: Tensor[N,H,W]}`` on ``x``'s device (``{"input": …}`` for input-pixel methods).
 
     Example:
-        >>> maps = explain(model, x, "gradcam", layers=["block4_conv1", "block5_conv1"])
-        >>> maps["block5_conv1"].shape
-        torch.Size([8, 224, 224])
+        >>> maps = explain(model, x, "gradcam", layers=["block3_conv1", "block3_conv2"])
+        >>> maps["block3_conv2"].shape
+        torch.Size([4, 32, 32])
     """
     if not isinstance(method, str):
         raise AdvlensError(f"method must be a string, got {type(method).__name__}; use explain_many for several")

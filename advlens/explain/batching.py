@@ -79,7 +79,11 @@ def auto_batch_size(model: ClassifierModel, size: tuple[int, int] | None = None,
 
     Example:
         >>> bs = auto_batch_size(model)          # e.g. 256 for VGG-16 at 224 on an 80 GB GPU
-        >>> maps = explain(model, x, "gradcam", batch_size="auto")  # the same, with OOM back-off
+        >>> bs >= 1
+        True
+        >>> maps = al.explain(model, x, "gradcam", batch_size="auto")  # the same, with OOM back-off
+        >>> maps["block3_conv2"].shape
+        torch.Size([4, 32, 32])
     """
     if not 0 < fraction <= 1:
         raise AdvlensError(f"fraction must be in (0, 1], got {fraction}")

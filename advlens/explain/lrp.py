@@ -120,8 +120,10 @@ def lrp(
         UserWarning: once per architecture without a known canonizer (rules approximate there).
 
     Example:
-        >>> maps = lrp(model, x)                    # [N,H,W], preset A flat, predicted classes
-        >>> maps = lrp(model, x, target=3, composite="epsilon_alpha2_beta1_flat")
+        >>> lrp(model, x).shape                    # [N,H,W], preset A flat, predicted classes
+        torch.Size([4, 32, 32])
+        >>> lrp(model, x[:1], target=3, composite="epsilon_alpha2_beta1_flat").shape
+        torch.Size([1, 32, 32])
     """
     model = check_model(model)
     check_images(x)

@@ -24,8 +24,9 @@ from .. import metrics
 from ..attacks import attack, matched_noise
 from ..data import ImageBatch
 from ..models import ClassifierModel
-from ..report import Section, bar_plot, layer_shift_plot, map_grid, write_report
+from ..report import Section, bar_plot, layer_shift_plot, write_report
 from ._common import Unit, chunks, load_entry, main_entry, maps_in_batches, similarity_rows
+from ._examples import example_key, image_grids
 from .layer_shift import compromise_table
 from .spec import Explainers, StudySpec, register_study
 
@@ -107,9 +108,9 @@ def _examples(images: dict[str, torch.Tensor], raw, names, k: int) -> dict[str, 
     out = {}
     for j in range(min(k, len(images["clean"]))):
         for cond, xc in images.items():
-            out[f"{names[j]}|{cond}|image"] = xc[j]
+            out[example_key(names[j], cond, "image")] = xc[j]
             for layer, m in raw[cond][method].items():
-                out[f"{names[j]}|{cond}|{layer}"] = normalize_maps(m[j:j + 1])[0].half()
+                out[example_key(names[j], cond, layer)] = normalize_maps(m[j:j + 1])[0].half()
     return out
 
 
@@ -169,11 +170,5 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
 def _grids(figs: Path, examples: dict[str, torch.Tensor], layers: list[str]) -> list[Path]:
     """One grid per example image: its conditions (rows) at five depths, first to last layer (columns)."""
     picks = [layers[round(i * (len(layers) - 1) / 4)] for i in range(5)] if len(layers) > 5 else layers
-    names = list(dict.fromkeys(k.split("|")[0] for k in examples))
-    paths = []
-    for j, name in enumerate(names):
-        conds = list(dict.fromkeys(k.split("|")[1] for k in examples if k.startswith(f"{name}|")))
-        rows = {c: examples[f"{name}|{c}|image"][None].float() for c in conds}
-        maps = {c: {layer: examples[f"{name}|{c}|{layer}"][None].float() for layer in picks} for c in conds}
-        paths.append(map_grid(figs / f"grid_{j}.png", rows, maps, picks, title=f"{name}: maps at five depths"))
-    return paths
+    return image_grids(figs, examples, picks, stem=lambda j, name: f"grid_{j}",
+                       title=lambda name: f"{name}: maps at five depths")

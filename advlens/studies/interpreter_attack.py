@@ -28,6 +28,7 @@ from ..attacks.interpretation import BASES, INTERPRETERS
 from ..explain import explain
 from ..report import Section, bar_plot, map_grid, write_report
 from ._common import safe_name, units_per_chunk
+from ._examples import example_key, example_tree
 from .runner import Unit
 from .spec import Explainers, StudySpec, register_study
 
@@ -145,14 +146,14 @@ def _run(spec: InterpreterAttackSpec, settings: dict[str, Any], model, batch, sl
                 rows.append(pd.DataFrame({**common, "evaluated": g, "l1": M.l1(ref[g], adv_map).cpu().numpy(),
                                           "iou": M.iou(ref[g], adv_map).cpu().numpy()}))
                 if i == 0 and spec.examples and base == settings["bases"][0] and (variant is None or g == attacked):
-                    examples[f"{name}|{g}|map"] = adv_map[0].half()
-                    examples[f"{name}|{g}|image"] = res.x_adv[0].clone()
+                    examples[(name, g, "map")] = adv_map[0].half()
+                    examples[(name, g, "image")] = res.x_adv[0].clone()
     if i == 0 and spec.examples:
-        examples.update({f"clean|{g}|map": ref[g][0].half() for g in interps})
-        examples.update({f"clean|{g}|image": x[0].clone() for g in interps})
+        examples.update({("clean", g, "map"): ref[g][0].half() for g in interps})
+        examples.update({("clean", g, "image"): x[0].clone() for g in interps})
     out: dict[str, Any] = {"results": pd.concat(rows, ignore_index=True)}
     if examples:
-        out["examples"] = {f"{model.name}|{k}": v for k, v in examples.items()}
+        out["examples"] = {example_key(model.name, *k): v for k, v in examples.items()}
     return out
 
 
@@ -219,12 +220,10 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
 
 def _grids(figs: Path, examples: dict[str, torch.Tensor]) -> list[Path]:
     paths = []
-    for model_name in dict.fromkeys(k.split("|")[0] for k in examples):
-        keys = [k.split("|")[1:] for k in examples if k.startswith(model_name + "|")]
-        found = set(c for c, _, _ in keys)
-        conds = [c for c in ("clean", "plain", *VARIANTS) if c in found]
-        interps = list(dict.fromkeys(g for _, g, _ in keys))
-        rows = {c: examples[f"{model_name}|{c}|{interps[-1]}|image"][None].float() for c in conds}
-        maps = {c: {g: examples[f"{model_name}|{c}|{g}|map"][None].float() for g in interps} for c in conds}
+    for model_name, by_cond in example_tree(examples).items():
+        conds = [c for c in ("clean", "plain", *VARIANTS) if c in by_cond]
+        interps = list(dict.fromkeys(g for c in conds for g in by_cond[c]))
+        rows = {c: by_cond[c][interps[-1]]["image"][None].float() for c in conds}
+        maps = {c: {g: by_cond[c][g]["map"][None].float() for g in interps} for c in conds}
         paths.append(map_grid(figs / f"grid_{safe_name(model_name)}.png", rows, maps, interps, title=model_name))
     return paths

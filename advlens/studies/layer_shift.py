@@ -46,8 +46,9 @@ from ..data import ImageBatch
 from ..explain.api import layers_for, normalize_maps
 from ..metrics.coverage import coverage_layers, first_covered, neuron_values
 from ..models import ClassifierModel
-from ..report import Section, bar_plot, layer_shift_plot, map_grid, write_report
+from ..report import Section, bar_plot, layer_shift_plot, write_report
 from ._common import chunks, load_entry, main_entry, maps_in_batches, similarity_rows
+from ._examples import example_key, image_grids
 from .runner import Unit
 from .spec import Explainers, Layers, Metrics, Strengths, StudySpec, register_study
 
@@ -186,11 +187,11 @@ def _examples(x, xc, clean, maps, names, cond, k) -> dict[str, torch.Tensor]:
     method = next(iter(clean))
     out = {}
     for j in range(min(k, len(x))):
-        out[f"{names[j]}|clean|image"] = x[j]
-        out[f"{names[j]}|{cond}|image"] = xc[j]
+        out[example_key(names[j], "clean", "image")] = x[j]
+        out[example_key(names[j], cond, "image")] = xc[j]
         for layer in clean[method]:
-            out[f"{names[j]}|clean|{layer}"] = normalize_maps(clean[method][layer][j:j + 1])[0].half()
-            out[f"{names[j]}|{cond}|{layer}"] = normalize_maps(maps[method][layer][j:j + 1])[0].half()
+            out[example_key(names[j], "clean", layer)] = normalize_maps(clean[method][layer][j:j + 1])[0].half()
+            out[example_key(names[j], cond, layer)] = normalize_maps(maps[method][layer][j:j + 1])[0].half()
     return out
 
 
@@ -401,13 +402,6 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
 
 
 def _grids(figs: Path, examples: dict[str, torch.Tensor], layer_order: list[str]) -> list[Path]:
-    names = list(dict.fromkeys(k.split("|")[0] for k in examples))
     picks = [layer_order[round(i * (len(layer_order) - 1) / 5)] for i in range(6)] if len(layer_order) > 6 else layer_order
-    paths = []
-    for name in names:
-        conds = [c for c in ("clean", "adversarial", "noise") if f"{name}|{c}|image" in examples]
-        rows = {c: examples[f"{name}|{c}|image"][None].float() for c in conds}
-        maps = {c: {l: examples[f"{name}|{c}|{l}"][None].float() for l in picks} for c in conds}
-        safe = "".join(ch if ch.isalnum() else "_" for ch in name)
-        paths.append(map_grid(figs / f"grid_{safe}.png", rows, maps, picks, title=name))
-    return paths
+    return image_grids(figs, examples, picks, conditions=("clean", "adversarial", "noise"),
+                       stem=lambda j, name: f"grid_{''.join(ch if ch.isalnum() else '_' for ch in name)}")

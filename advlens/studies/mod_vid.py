@@ -32,6 +32,7 @@ from ..attacks import objective_grad
 from ..explain.api import layers_for
 from ..report import Section, layer_shift_plot, map_grid, write_report
 from ._common import chunks, load_entry, maps_in_batches, safe_name, similarity_rows
+from ._examples import example_key, example_tree
 from .runner import Unit
 from .spec import Explainers, Layers, Metrics, ModelEntry, Strengths, StudySpec, register_study
 
@@ -147,8 +148,8 @@ def _run(spec, model, surrogate, batch, sl, i, entry, metric_names) -> dict[str,
                                       "psnr": M.psnr(x, xe).cpu().numpy()}))
             if i == 0 and source == "white-box" and spec.examples:
                 method = spec.explainers[0]
-                examples[f"{model.name}|eps {eps:g}|image"] = xe[0]
-                examples.update({f"{model.name}|eps {eps:g}|{l}": m[0].half() for l, m in maps[method].items()})
+                examples[example_key(model.name, f"eps {eps:g}", "image")] = xe[0]
+                examples.update({example_key(model.name, f"eps {eps:g}", l): m[0].half() for l, m in maps[method].items()})
     if examples:
         method = spec.explainers[0]
         examples[f"{model.name}|clean|image"] = x[0]
@@ -301,12 +302,11 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
 
 def _grids(figs: Path, examples: dict[str, torch.Tensor]) -> list[Path]:
     paths = []
-    for model_name in dict.fromkeys(k.split("|")[0] for k in examples):
-        conds = list(dict.fromkeys(k.split("|")[1] for k in examples if k.startswith(model_name + "|")))
-        conds = ["clean"] + [c for c in conds if c != "clean"]
-        layers = [k.split("|")[2] for k in examples if k.startswith(f"{model_name}|clean|") and not k.endswith("|image")]
+    for model_name, by_cond in example_tree(examples).items():
+        conds = ["clean"] + [c for c in by_cond if c != "clean"]
+        layers = [k for k in by_cond.get("clean", {}) if k != "image"]
         picks = layers if len(layers) <= 6 else [layers[round(i * (len(layers) - 1) / 5)] for i in range(6)]
-        rows = {c: examples[f"{model_name}|{c}|image"][None].float() for c in conds}
-        maps = {c: {l: examples[f"{model_name}|{c}|{l}"][None].float() for l in picks} for c in conds}
+        rows = {c: by_cond[c]["image"][None].float() for c in conds}
+        maps = {c: {l: by_cond[c][l][None].float() for l in picks} for c in conds}
         paths.append(map_grid(figs / f"grid_{safe_name(model_name)}.png", rows, maps, picks, title=model_name))
     return paths

@@ -26,6 +26,7 @@ from ..explain import explain
 from ..report import Section, bar_plot, map_grid, write_report
 from ..report.embedding import embedding_plot
 from ._common import safe_name, units_per_chunk
+from ._examples import example_key, example_tree
 from .runner import Unit
 from .spec import StudySpec, register_study
 
@@ -101,8 +102,8 @@ def _run(spec, params, model, batch, sl, i: int, entry) -> dict[str, Any]:
     if i == 0 and spec.examples:
         ex = {}
         for c, (xc, _, _) in inputs.items():
-            ex[f"{model.name}|{c}|image"] = xc[0].clone()
-            ex[f"{model.name}|{c}|lrp"] = lrp[c][0].half()
+            ex[example_key(model.name, c, "image")] = xc[0].clone()
+            ex[example_key(model.name, c, "lrp")] = lrp[c][0].half()
         out["examples"] = ex
     return out
 
@@ -239,10 +240,10 @@ def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dic
                 [f_shift], [tables["lrp_shift"]]),
     ]
     grids = []
-    for model_name in dict.fromkeys(k.split("|")[0] for k in examples):
-        conds = [c for c in ("clean", *_ATTACKS) if f"{model_name}|{c}|image" in examples]
-        rows = {c: examples[f"{model_name}|{c}|image"][None].float() for c in conds}
-        maps = {c: {"lrp": examples[f"{model_name}|{c}|lrp"][None].float()} for c in conds}
+    for model_name, by_cond in example_tree(examples).items():
+        conds = [c for c in ("clean", *_ATTACKS) if "image" in by_cond.get(c, {})]
+        rows = {c: by_cond[c]["image"][None].float() for c in conds}
+        maps = {c: {"lrp": by_cond[c]["lrp"][None].float()} for c in conds}
         grids.append(map_grid(figs / f"grid_{safe_name(model_name)}.png", rows, maps, ["lrp"], title=model_name))
     if grids:
         sections.append(Section("Examples", "First image per model: clean, FGSM, one-pixel and their LRP maps.", grids))
