@@ -23,9 +23,9 @@ from pathlib import Path
 from torch import nn
 
 from .._checks import AdvlensError, check_file, check_int, first_line, unknown_name
+from ..data.io import INTERPOLATIONS
 from .discover import find_cam, find_layers, probe_layers
 from .weights import load_into, read_state_dict
-from ..data.io import INTERPOLATIONS
 from .wrapper import ClassifierModel
 
 __all__ = ["is_reference", "load_reference", "read_labels", "REFERENCE_FORMS"]
