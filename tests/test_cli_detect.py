@@ -45,3 +45,37 @@ def test_detect_bad_input_exits_2(capsys, tmp_path, digits_model, args, message)
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+def test_detect_score_and_defend_eval_give_the_librarys_numbers(capsys, tmp_path, digits_model):
+    """The CLI and the library agree for the same parameters: a fitted detector's scores, and a defense's
+    accuracy under the plain and the adaptive attack (the attack's eps/steps read as budget_params says)."""
+    import re
+
+    import torch
+
+    import advlens as al
+    from advlens import defend, detect
+
+    det_file = tmp_path / "bd.safetensors"
+    assert main(["detect", "fit", "--model", "small_vgg_digits", "--images", "digits", "--limit", "40",
+                 "--param", "copies=8", "--out", str(det_file), "--quiet"]) == 0
+    assert main(["detect", "score", str(det_file), "--images", "digits", "--split", "test", "--limit", "5",
+                 "--out", str(tmp_path / "s.parquet")]) == 0
+    rows = pd.read_parquet(tmp_path / "s.parquet")
+    det = detect.load(str(det_file), digits_model)
+    test = al.load_images("digits", split="test", **digits_model.image_options())[:5]
+    assert rows.image.tolist() == test.names
+    assert torch.allclose(torch.tensor(rows.score.to_numpy()), det.score(test.x).double().cpu(), atol=1e-6)
+    capsys.readouterr()
+
+    assert main(["defend", "eval", "--model", "small_vgg_digits", "--images", "digits", "--limit", "8",
+                 "--defense", "median", "--attack", "fgsm", "--eps", "0.1"]) == 0
+    printed = dict(re.findall(r"fgsm\s+(\w+): ([\d.]+)%", capsys.readouterr().out))
+    batch = al.load_images("digits", split="test", **digits_model.image_options())[:8]
+    x, y = batch.x, batch.y
+    defended = defend.wrap(digits_model, "median", seed=0)
+    for mode, view in (("plain", defended), ("adaptive", defended.adaptive())):
+        x_adv = al.attack(view, x, y, "fgsm", eps=0.1).x_adv
+        acc = float((defended.predict(x_adv) == y).float().mean())
+        assert float(printed[mode]) == pytest.approx(100 * acc, abs=0.006), mode

@@ -46,17 +46,16 @@ def _cmd_train(args: argparse.Namespace) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> None:
-    from ..attacks import attack
+    from ..attacks import attack, budget_params
     from ..defend import wrap
+
     model = load_model_for(args)
     defended = wrap(model, args.defense, seed=args.seed, **param_pairs(args.defense_param, "--defense-param"))
     batch = load_images_for(args, model, "test")
     x, y = batch.x, batch.y
     if y is None:
         y = model.predict(x)
-    params = {"eps": args.eps, "steps": args.steps, "alpha": args.alpha} if args.attack == "pgd" \
-        else {"eps": args.eps} if args.attack == "fgsm" else {}
-    params = {k: v for k, v in params.items() if v is not None}  # unset: the attack's own default
+    params = budget_params(args.attack, args.eps, args.steps, args.alpha)  # unset: the attack's own default
     params.update(param_pairs(args.param, "--param"))
     views = {"transfer": model, "plain": defended, "adaptive": defended.adaptive(args.eot)}
 

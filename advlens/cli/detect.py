@@ -73,7 +73,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from .._io import write_json, write_parquet
-    from ..attacks import attack
+    from ..attacks import attack, budget_params
     from ..detect import load
     from ..report.detection import roc_plot
     from ..studies.detection import detection_table, strength_inputs
@@ -82,8 +82,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
     model = model_for(args, args.detector_file)
     det = load(args.detector_file, model)
     batch = load_images_for(args, model, args.split)
-    params = {"eps": args.eps, "steps": args.steps, "alpha": args.alpha} if args.attack == "pgd" else {}
-    params = {k: v for k, v in params.items() if v is not None}  # unset: the attack's own default
+    params = budget_params(args.attack, args.eps, args.steps, args.alpha)  # unset: the attack's own default
     params.update(param_pairs(args.param))
     res = attack(model, batch.x, None, args.attack, seed=args.seed, **params)
     inputs = strength_inputs(batch.x, res.x_adv, args.strengths, args.seed)
