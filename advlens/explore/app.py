@@ -90,7 +90,9 @@ def create_app(model: str | None = None, images: str | None = None, weights: str
     from .study import StudyFolder
 
     study = StudyFolder(run_dir) if run_dir is not None else None
-    session = Session(model if study is None else study.spec.model, images, weights, model_options, device)
+    if study is not None:  # the study's model, with its own weights and options
+        model, weights, model_options = study.spec.model, study.spec.weights, study.spec.model_options
+    session = Session(model, images, weights, model_options, device)
     app = FastAPI(title="advlens explorer", version=__version__, docs_url=None, redoc_url=None)
     app.state.session, app.state.study = session, study
 

@@ -89,7 +89,7 @@ class Session:
         self.weights, self.model_options, self.device = weights, dict(model_options or {}), device
         self._models: dict[str, ClassifierModel] = {}
         self._locks: dict[str, threading.Lock] = {}
-        self._guard = threading.Lock()
+        self._guard, self._loading = threading.Lock(), threading.Lock()
         self._batches, self._attacks, self._results = LRU(4), LRU(64), LRU(48)
         self.status: dict[str, Any] = {"busy": False, "stage": None, "queued": 0}
 
@@ -102,17 +102,19 @@ class Session:
         """The model ``name`` (loaded once; the default model with its weights and options)."""
         if name not in self.models:
             raise unknown_name("model", name, self.models)
-        if name not in self._models:
-            own = name == self.default_model
-            self._models[name] = load_model(name, weights=self.weights if own else None, device=self.device,
-                                            **(self.model_options if own else {}))
+        with self._loading:  # one load at a time: two first requests do not load (or train) a model twice
+            if name not in self._models:
+                own = name == self.default_model
+                self._models[name] = load_model(name, weights=self.weights if own else None, device=self.device,
+                                                **(self.model_options if own else {}))
         return self._models[name]
 
     def adopt(self, model: ClassifierModel) -> None:
         """Serve requests for ``model.name`` with this already loaded model (a study's own)."""
         if model.name not in self.models:
             self.models.append(model.name)
-        self._models.setdefault(model.name, model)
+        with self._loading:
+            self._models[model.name] = model
 
     def batch(self, model: ClassifierModel, source: str):
         """The first :data:`SOURCE_IMAGES` images of ``source`` prepared for ``model``, and the source's count."""
