@@ -289,3 +289,14 @@ def test_labels_from_files(tmp_path):
     for file in ("labels.txt", "labels.json"):
         model = _load("torchvision:resnet18", num_classes=12, input_size=SIZE, labels=str(tmp_path / file))
         assert model.labels == names, file  # the JSON's {"11": …, "10": …, …, "0": …} sorted by number
+
+
+def test_a_defended_transformer_keeps_its_token_grids_and_preprocessing():
+    """A user's ViT behind a defense still gets [N,C,h,w] maps and its own eval crop (issue 18 × defenses)."""
+    from advlens import defend
+
+    model = _load("timm:vit_tiny_patch16_224", num_classes=CLASSES, input_size=SIZE)
+    defended = defend.wrap(model, "median", k=3)
+    assert defended.grids == model.grids and defended.image_options() == model.image_options()
+    maps = al.explain(defended, _images(), "gradcam", layers=["blocks.3"])
+    assert maps["blocks.3"].shape == (2, SIZE, SIZE) and bool(maps["blocks.3"].abs().sum() > 0)

@@ -92,7 +92,8 @@ class DefendedModel(ClassifierModel):
             raise AdvlensError("the model is already defended; wrap the undefended model (model.base)")
         tag = ",".join(f"{k}={v}" for k, v in transform.params.items())
         super().__init__(base.net, base.mean.flatten().tolist(), base.std.flatten().tolist(), base.layers, base.labels,
-                         base.input_size, f"{base.name}+{transform.spec.name}({tag})", base.cam_layer, base.classifier)
+                         base.input_size, f"{base.name}+{transform.spec.name}({tag})", base.cam_layer, base.classifier,
+                         base.grids, base.crop_pct, base.interpolation)
         self.to(base.device)
         self.precision, self.channels_last = base.precision, base.channels_last
         self.compile_options = base.compile_options
