@@ -52,3 +52,16 @@ def digits_test():
 def x64() -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     return torch.rand(2, 3, 64, 64, generator=g)
+
+
+@pytest.fixture(scope="session")
+def tiny_study(tmp_path_factory, digits_model):
+    """A finished two-image layer-shift study folder (small VGG on digits, FGSM, one strength)."""
+    from advlens.studies.runner import run_study
+    from advlens.studies.spec import load_spec
+
+    out = tmp_path_factory.mktemp("tiny-study") / "study"
+    spec = load_spec(study="layer_shift", model="small_vgg_digits", data="digits", limit=2, strengths=[1.0],
+                     attack={"method": "fgsm", "eps": 0.1}, batch_size=2)
+    run_study(spec, out, progress=False)
+    return out

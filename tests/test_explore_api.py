@@ -127,20 +127,8 @@ def test_too_large_upload_is_413_before_reading(client):
     assert client.get("/api/nope").status_code == 404 and "error" in client.get("/api/nope").json()
 
 
-@pytest.fixture(scope="module")
-def study_dir(tmp_path_factory, digits_model):
-    from advlens.studies.runner import run_study
-    from advlens.studies.spec import load_spec
-
-    out = tmp_path_factory.mktemp("explore") / "study"
-    spec = load_spec(study="layer_shift", model="small_vgg_digits", data="digits", limit=2, strengths=[1.0],
-                     attack={"method": "fgsm", "eps": 0.1}, batch_size=2)
-    run_study(spec, out, progress=False)
-    return out
-
-
-def test_study_mode_filters_plots_and_maps(study_dir):
-    c = TestClient(create_app(run_dir=study_dir))
+def test_study_mode_filters_plots_and_maps(tiny_study):
+    c = TestClient(create_app(run_dir=tiny_study))
     assert c.get("/api/options").json()["mode"] == "study"
     s = c.get("/api/study").json()
     assert s["study"] == "layer_shift" and s["filters"]["condition"] == ["adversarial", "noise"]

@@ -8,7 +8,6 @@ import socket
 import threading
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
@@ -56,17 +55,11 @@ def explore_url(digits_model):
 
 
 @pytest.fixture(scope="module")
-def study_url(tmp_path_factory, digits_model):
+def study_url(tiny_study):
     """The explorer in study mode over a two-image layer-shift study (FGSM, one strength)."""
     from advlens.explore import create_app
-    from advlens.studies.runner import run_study
-    from advlens.studies.spec import load_spec
 
-    out = tmp_path_factory.mktemp("explore-browser") / "study"
-    spec = load_spec(study="layer_shift", model="small_vgg_digits", data="digits", limit=2, strengths=[1.0],
-                     attack={"method": "fgsm", "eps": 0.1}, batch_size=2)
-    run_study(spec, out, progress=False)
-    yield from _serve(create_app(run_dir=out))
+    yield from _serve(create_app(run_dir=tiny_study))
 
 
 @pytest.fixture(scope="module")

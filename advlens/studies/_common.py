@@ -15,8 +15,8 @@ from ..explain import explain_many
 from ..explain.api import normalize_maps
 from ..models import ClassifierModel, load_model
 
-__all__ = ["Unit", "load_entry", "main_entry", "maps_in_batches", "similarity_rows", "SIMILARITIES", "chunks", "entries", "safe_name",
-           "units_per_chunk", "entries_on_test_split"]
+__all__ = ["Unit", "load_entry", "main_entry", "maps_in_batches", "similarity_rows", "SIMILARITIES", "chunks", "entries",
+           "safe_name", "units_per_chunk", "entries_on_test_split"]
 
 
 @dataclass
