@@ -1,7 +1,8 @@
 """A resumable, deterministic fine-tuning loop with safetensors checkpoints.
 
 :func:`fit` runs ``epochs`` passes of Adam over ``(x, y)`` in seeded random batches, minimizing
-``batch_loss(model, xb, yb, seed)``. After every epoch it writes one checkpoint file (atomically):
+``batch_loss(model, xb, yb, seed)``, through advlens's one training loop
+(:func:`advlens.models.fitting.train_epochs`). After every epoch it writes one checkpoint file (atomically):
 the model's state dict (``model.*``), Adam's state tensors (``optim.<param>.<name>``), the batch
 generator's state (``rng``), any ``extra`` tensors the recipe wants back on resume (``extra.*``, e.g.
 the adversarial examples it trained on) and JSON metadata (epoch, optimizer groups, the recipe).
@@ -21,6 +22,7 @@ import torch
 
 from .._checks import AdvlensError, check_int, check_number
 from .._io import atomic_write
+from ..models.fitting import train_epochs
 from ..models.wrapper import ClassifierModel
 
 __all__ = ["fit", "read_checkpoint", "BatchLoss"]
@@ -111,8 +113,8 @@ def fit(
         stop_after: stop after this many epochs *of this call* (simulates an interruption).
 
     Returns:
-        ``{"epochs" (completed so far), "resumed_from", "seconds", "loss" (mean of the last epoch of this
-        call), "extra"}``.
+        ``{"epochs" (completed so far), "resumed_from", "seconds", "loss" (mean per example over the last
+        epoch of this call), "extra"}``.
     """
     epochs, lr = check_int(epochs, "epochs", 1), check_number(lr, "lr", 0)
     batch_size, seed = check_int(batch_size, "batch_size", 1), check_int(seed, "seed")
@@ -126,31 +128,25 @@ def fit(
     if path is not None and path.is_file():
         start_epoch, restored = _restore(path, model, opt, gen, recipe)
         extra.update(restored)
-    bar = range(start_epoch, epochs)
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(bar, desc=f"train ({recipe.get('method', 'fit')})", unit="epoch", initial=start_epoch, total=epochs)
-    t0, last, done = time.perf_counter(), float("nan"), 0
+    def step(idx: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        idx = idx.to(x.device)
+        model.train()
+        return batch_loss(model, x[idx], y[idx], _batch_seed(seed, epoch, batch))
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        if path is not None:
+            _save(path, model, opt, gen, extra, {"epoch": epoch + 1, "epochs": epochs, "recipe": recipe, "loss": loss})
+
+    t0 = time.perf_counter()
     try:
-        for epoch in bar:
-            if stop_after is not None and done >= stop_after:
-                break
-            losses = []
-            for b, idx in enumerate(torch.randperm(len(x), generator=gen).split(batch_size)):
-                idx = idx.to(x.device)
-                model.train()
-                loss = batch_loss(model, x[idx], y[idx], _batch_seed(seed, epoch, b))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                losses.append(float(loss.detach()))
-            last, done = sum(losses) / len(losses), done + 1
-            if path is not None:
-                _save(path, model, opt, gen, extra, {"epoch": epoch + 1, "epochs": epochs, "recipe": recipe, "loss": last})
+        losses = train_epochs(params, opt, step, len(x), batch_size, epochs, gen, start_epoch=start_epoch,
+                              on_epoch=on_epoch, stop_after=stop_after,
+                              desc=f"train ({recipe.get('method', 'fit')})" if progress else None)
     finally:
         model.eval()
         for p in params:
             p.requires_grad_(False)
+    done, last = len(losses), losses[-1] if losses else float("nan")
     return {"epochs": start_epoch + done, "resumed_from": start_epoch, "seconds": round(time.perf_counter() - t0, 2),
             "loss": last, "extra": extra}

@@ -37,6 +37,7 @@ from torch.nn import functional as F
 
 from .._checks import AdvlensError, check_images, check_int
 from .._io import atomic_write
+from ..models.fitting import train_epochs
 from ..models.small_vgg import _N_IMAGES, advlens_home
 from ..models.wrapper import ClassifierModel
 from .engine import capture, check_model, resolve_target
@@ -254,42 +255,30 @@ def train_rts(
     opt = torch.optim.Adam(net.parameters(), lr=_LR)
     gen = torch.Generator().manual_seed(seed)
     k = len(model.labels)
-    bar = range(epochs)
-    if progress:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(bar, desc=f"train RTS masker for {model.name} on {data}", unit="epoch")
+    def step(idx: Tensor, epoch: int, batch: int) -> Tensor:
+        x, y = train.x[idx], train.y[idx]
+        flip = torch.rand(len(idx), generator=gen) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x).to(device)
+        real = torch.rand(len(idx), generator=gen) >= _FAKE_FRACTION
+        fake = (y + torch.randint(1, k, y.shape, generator=gen)) % k
+        c = torch.where(real, y, fake).to(device)
+        alt = _alternative(x, gen)
+        with torch.no_grad():
+            feats = classifier_features(model, x, layer)
+        m_low, exists = net.select(x, feats, c)
+        loss = rts_loss(model, m_low, x, c, real.to(device), alt).mean()
+        return loss + F.binary_cross_entropy_with_logits(exists, real.to(exists))
+
     start = time.perf_counter()
-    total = 0.0
-    for _ in bar:
-        total = 0.0
-        for idx in torch.randperm(len(train), generator=gen).split(_BATCH):
-            x, y = train.x[idx], train.y[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5
-            x = torch.where(flip[:, None, None, None], x.flip(-1), x).to(device)
-            real = torch.rand(len(idx), generator=gen) >= _FAKE_FRACTION
-            fake = (y + torch.randint(1, k, y.shape, generator=gen)) % k
-            c = torch.where(real, y, fake).to(device)
-            alt = _alternative(x, gen)
-            with torch.no_grad():
-                feats = classifier_features(model, x, layer)
-            with torch.enable_grad():
-                m_low, exists = net.select(x, feats, c)
-                loss = rts_loss(model, m_low, x, c, real.to(device), alt).mean()
-                loss = loss + F.binary_cross_entropy_with_logits(exists, real.to(exists))
-                grads = torch.autograd.grad(loss, list(net.parameters()))
-            for p, g in zip(net.parameters(), grads):
-                p.grad = g
-            opt.step()
-            total += float(loss.detach()) * len(idx)
-        if progress:
-            bar.set_postfix(loss=f"{total / len(train):.3f}")
+    losses = train_epochs(list(net.parameters()), opt, step, len(train), _BATCH, epochs, gen,
+                          desc=f"train RTS masker for {model.name} on {data}" if progress else None)
     net.eval().requires_grad_(False)
     meta = {
         "model": model.name, "data": data, "seed": seed, "epochs": epochs, "n_images": len(train),
         "num_classes": k, "feature_layer": layer, "feat_channels": feat_channels, "width": _WIDTH,
         "arch_version": _ARCH_VERSION, "lambdas": LAMBDAS, "fake_fraction": _FAKE_FRACTION,
-        "final_loss": round(total / len(train), 4), "seconds": round(time.perf_counter() - start, 2),
+        "final_loss": round(losses[-1], 4), "seconds": round(time.perf_counter() - start, 2),
     }
     _save(net, Path(out) if out else rts_cache_path(model.name, data, seed), meta)
     return net

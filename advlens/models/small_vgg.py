@@ -13,17 +13,17 @@ import json
 import logging
 import os
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from collections import OrderedDict
-
 from torch import nn
 from torch.nn import functional as F
 
 from .._checks import AdvlensError, check_int, check_path, first_line, unknown_name
+from .fitting import train_epochs
 from .registry import register_model
 from .wrapper import ClassifierModel
 
@@ -154,24 +154,18 @@ def train_small(
     opt = torch.optim.Adam(net.parameters(), lr=2e-3)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=epochs * -(-len(train) // 64))
     gen = torch.Generator().manual_seed(seed)
-    start = time.perf_counter()
-    bar = range(epochs)
-    if progress:
-        from tqdm.auto import tqdm
+    flips = data != "digits"
 
-        bar = tqdm(bar, desc=f"train {arch.name} on {data}", unit="epoch")
+    def step(idx: torch.Tensor, epoch: int, batch: int) -> torch.Tensor:
+        x = train.x[idx]
+        if flips:
+            x = torch.where((torch.rand(len(idx), generator=gen) < 0.5)[:, None, None, None], x.flip(-1), x)
+        return F.cross_entropy(model(x), train.y[idx])
+
+    start = time.perf_counter()
     model.train()
-    for _ in bar:
-        for idx in torch.randperm(len(train), generator=gen).split(64):
-            x = train.x[idx]
-            flip = torch.rand(len(idx), generator=gen) < 0.5 if data != "digits" else None
-            if flip is not None:
-                x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-            loss = F.cross_entropy(model(x), train.y[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
+    train_epochs(list(net.parameters()), opt, step, len(train), 64, epochs, gen, scheduler=sched,
+                 desc=f"train {arch.name} on {data}" if progress else None)
     model.eval()
     info = {
         "data": data,
