@@ -25,3 +25,11 @@ def test_cli_command_modules_share_only_the_argument_helpers():
         assert callable(group.add_parsers), group.__name__
     names = {a.dest: a for a in cli._parser()._actions}["command"].choices
     assert {"models", "demo", "explain", "attack", "study", "report", "train", "detect", "defend"} <= set(names)
+
+
+def test_modules_stay_readable_in_one_sitting():
+    """One concept per module, under ~400 lines (STYLE.md): a module growing past it is split by concept (as
+    the studies' tables and reports were split from what they run)."""
+    long = {str(p.relative_to(ROOT)): n for p in (ROOT / "advlens").rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > 400}
+    assert not long, long

@@ -186,3 +186,27 @@ def test_attack_streams_a_folder_chunk_by_chunk_with_the_librarys_result(capsys,
     assert rows.image.tolist() == batch.names and len(set(rows.file)) == 6
     assert rows.adv_pred.tolist() == [model.labels[int(i)] for i in res.pred]
     assert rows.success.tolist() == res.success.tolist()
+
+
+def test_a_detector_remembers_the_users_model(capsys, tmp_path, user_files):
+    """``detect fit`` on a user model records its reference, checkpoint and options in the detector's
+    ``.json``; ``detect score`` then needs no model flags and gives the library's scores."""
+    det = tmp_path / "det.safetensors"
+    code, _, err = run(capsys, "detect", "fit", "--model", REF, "--weights", user_files["ckpt"], *OPTS, "--labels",
+                       user_files["labels"], "--images", user_files["photos"], "--split", "all", "--detector",
+                       "behavior", "--param", "copies=4", "--out", det)
+    assert code == 0, err
+    source = json.loads((tmp_path / "det.safetensors.json").read_text())["model_source"]
+    assert source == {"model": REF, "weights": str(user_files["ckpt"].resolve()),
+                      "model_options": {"num_classes": 3, "labels": str(user_files["labels"].resolve()),
+                                        "input_size": 64}}
+    scores = tmp_path / "scores.parquet"
+    code, _, err = run(capsys, "detect", "score", det, "--images", user_files["photos"], "--split", "all",
+                       "--out", scores)
+    assert code == 0, err
+    model = _model(user_files)
+    batch = al.load_images(user_files["photos"], **model.image_options())
+    expected = al.detect.load(str(det), model).score(batch.x)
+    got = pd.read_parquet(scores)
+    assert list(got.image) == batch.names
+    assert np.allclose(got.score.to_numpy(), expected.double().numpy(), rtol=1e-6, atol=1e-9)

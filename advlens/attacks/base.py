@@ -33,7 +33,7 @@ from ..models.wrapper import ClassifierModel
 
 __all__ = [
     "AttackInfo", "AttackResult", "attack", "attack_info", "list_attacks", "register_attack", "forward_penalty", "objective_grad", "project_linf", "finish",
-    "check_count", "check_number", "check_objective", "check_weight",
+    "check_objective", "check_weight",
 ]
 
 #: prefix of batch-level extras (one value per attacked batch, not per image)
@@ -198,11 +198,6 @@ def objective_grad(
             obj = obj - pen.sum()
         (grad,) = torch.autograd.grad(obj, xa)
     return grad, logits.detach()
-
-
-def check_count(value: Any, name: str) -> int:
-    """A positive integer, else a one-line AdvlensError (:func:`advlens._checks.check_int` with minimum 1)."""
-    return check_int(value, name, 1)
 
 
 #: the Python-only parameters of the attack objective (the CLI's ``--param`` gives numbers and strings)

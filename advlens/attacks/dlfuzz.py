@@ -51,26 +51,11 @@ log = logging.getLogger(__name__)
 
 STRATEGIES = (None, 0, 1, 2, 3)
 SCORES = ("probs", "logits")
-
-
-def _positive_int(v: object, name: str) -> int:
-    return check_int(v, name, 1)
-
-
-def _number(v: object, name: str, positive: bool = False) -> float:
-    return check_number(v, name, 0 if positive else None)
-
-
-def _check_strategy(strategy: object) -> int | None:
-    return check_choice(strategy, "strategy (DLFuzz neuron selection)", STRATEGIES)  # type: ignore[return-value]
-
-
-def _check_scores(scores: object) -> str:
-    return check_choice(scores, "scores", SCORES)  # type: ignore[return-value]
+_STRATEGY = "strategy (DLFuzz neuron selection)"
 
 
 def _check_top_k(top_k: object, classes: int) -> int:
-    if _positive_int(top_k, "top_k") > classes - 1:
+    if check_int(top_k, "top_k", 1) > classes - 1:
         raise AdvlensError(f"top_k={top_k} needs more than {top_k} classes, the model has {classes}")
     return top_k  # type: ignore[return-value]
 
@@ -129,7 +114,7 @@ def dlfuzz_objective(
     """
     model = check_model(model)
     found = coverage_layers(model, layers)
-    scores, top_k = _check_scores(scores), _check_top_k(top_k, len(model.labels))
+    scores, top_k = check_choice(scores, "scores", SCORES), _check_top_k(top_k, len(model.labels))
     index = torch.as_tensor(neurons, device=x.device).long().expand(len(x), -1)
     sign = torch.ones_like(index, dtype=x.dtype) if signs is None else torch.as_tensor(signs).to(x).expand_as(index)
     y = torch.as_tensor(y, device=x.device).long()
@@ -258,8 +243,8 @@ def select_neurons(
         ``(index, sign)``: ``long [N,M]`` flat neuron indices (layers concatenated in tracker order)
         and ``[N,M]`` ±1 (−1 for strategy 3's neurons below the threshold).
     """
-    strategy = _check_strategy(strategy)
-    m = _positive_int(neurons, "neurons")
+    strategy = check_choice(strategy, _STRATEGY, STRATEGIES)
+    m = check_int(neurons, "neurons", 1)
     check_images(x)
     if not tracker.total:
         raise AdvlensError("the tracker has seen no input yet; call tracker.update(x) first")
@@ -323,12 +308,13 @@ def dlfuzz(
     """
     if target is not None:
         raise AdvlensError("dlfuzz is untargeted; drop target")
-    strategy, scores, top_k = _check_strategy(strategy), _check_scores(scores), _check_top_k(top_k, len(model.labels))
-    m, iterations = _positive_int(neurons, "neurons"), _positive_int(iterations, "iterations")
-    step, threshold = _number(step, "step", positive=True), _number(threshold, "threshold")
-    lam, predict_weight = _number(lam, "lam"), _number(predict_weight, "predict_weight")
+    strategy, scores = check_choice(strategy, _STRATEGY, STRATEGIES), check_choice(scores, "scores", SCORES)
+    top_k = _check_top_k(top_k, len(model.labels))
+    m, iterations = check_int(neurons, "neurons", 1), check_int(iterations, "iterations", 1)
+    step, threshold = check_number(step, "step", 0), check_number(threshold, "threshold")
+    lam, predict_weight = check_number(lam, "lam"), check_number(predict_weight, "predict_weight")
     if max_rel_l2 is not None:
-        max_rel_l2 = _number(max_rel_l2, "max_rel_l2", positive=True)
+        max_rel_l2 = check_number(max_rel_l2, "max_rel_l2", 0)
     given = tracker is not None
     if tracker is None:
         tracker = CoverageTracker(model, threshold, layers)

@@ -9,25 +9,44 @@ import argparse
 from pathlib import Path
 
 from .._checks import AdvlensError
-from ._args import common, data_args, load_images_for, load_model_for, output_dir, overwrite_arg, param_pairs, positive_float, positive_int
+from ._args import (common, data_args, load_images_for, load_model_for, model_options, output_dir, overwrite_arg,
+                    param_pairs, positive_float, positive_int)
 
 __all__ = ["add_parsers", "model_for"]
 
 
 def model_for(args: argparse.Namespace, path: str | None = None):
-    """``--model`` (+ ``--weights``), or the model a saved detector names in its ``.json``."""
+    """``--model`` (+ ``--weights`` and the reference options), or the model a saved detector names in its
+    ``.json``: its ``model_source`` (reference, checkpoint, options; flags given now override them), else
+    its registered name."""
     import json
 
-    name = args.model
+    from ..models import load_model
+
     if path is not None and not Path(path).is_file():
         raise AdvlensError(f"detector file not found: {path}")
-    if name is None and path is not None:
-        meta = Path(path).with_name(Path(path).name + ".json")
-        try:
-            name = json.loads(meta.read_text())["model"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise AdvlensError(f"cannot read the detector metadata {meta}; pass --model") from None
-    return load_model_for(args, name or "efficientnet_lite0")
+    if args.model is not None or path is None:
+        return load_model_for(args, args.model or "efficientnet_lite0")
+    meta = Path(path).with_name(Path(path).name + ".json")
+    try:
+        found = json.loads(meta.read_text())
+        source = found.get("model_source") or {"model": found["model"]}
+        name, weights, options = source["model"], source.get("weights"), dict(source.get("model_options") or {})
+        if not isinstance(name, str) or not isinstance(weights, (str, type(None))):
+            raise TypeError
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        raise AdvlensError(f"cannot read the detector metadata {meta}; pass --model") from None
+    options.update(model_options(args))
+    return load_model(name, weights=args.weights or weights, device=args.device, **options)
+
+
+def _model_source(args: argparse.Namespace) -> dict[str, object]:
+    """How ``detect fit`` loaded its model, for the detector's ``.json`` (paths made absolute)."""
+    options = model_options(args)
+    if "labels" in options:
+        options["labels"] = str(Path(str(options["labels"])).resolve())
+    return {"model": args.model or "efficientnet_lite0",
+            "weights": str(Path(args.weights).resolve()) if args.weights else None, "model_options": options}
 
 
 def _cmd_fit(args: argparse.Namespace) -> None:
@@ -44,7 +63,7 @@ def _cmd_fit(args: argparse.Namespace) -> None:
     model = model_for(args)
     batch = load_images_for(args, model, args.split)
     det.fit(model, batch.x)
-    path = det.save(args.out)
+    path = det.save(args.out, model_source=_model_source(args))
     print(f"fitted {det!r} on {len(batch)} images (threshold {det.threshold:.4g}); wrote {path} and {path}.json")
 
 

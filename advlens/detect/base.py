@@ -72,8 +72,14 @@ class Detector:
         """``[N]`` bool: flagged as adversarial (``score > threshold``)."""
         return self.score(x) > self.threshold
 
-    def save(self, path: str | Path) -> Path:
-        """Write the fitted detector to ``path`` (safetensors) and ``path.json`` (parameters, tensor list)."""
+    def save(self, path: str | Path, model_source: dict[str, Any] | None = None) -> Path:
+        """Write the fitted detector to ``path`` (safetensors) and ``path.json`` (parameters, tensor list).
+
+        Args:
+            model_source: how to load the model again (JSON-able, e.g. ``{"model": "timm:resnet18",
+                "weights": "/abs/ckpt.pth", "model_options": {"num_classes": 10}}``), kept in ``path.json`` as
+                ``"model_source"`` so that scoring with the detector needs no model flags again.
+        """
         from safetensors.torch import save
 
         self._check_fitted()
@@ -83,6 +89,8 @@ class Detector:
                 "params": {p: getattr(self, p) for p in self.params},
                 "tensors": {k: {"shape": list(v.shape), "dtype": _dtype_name(v)} for k, v in data.items()},
                 "versions": versions()}
+        if model_source is not None:
+            meta["model_source"] = json.loads(json.dumps(model_source))
         atomic_write(path, lambda f: f.write(save(data, metadata={"advlens": json.dumps({"detector": self.kind})})))
         atomic_write(path.with_name(path.name + ".json"), lambda f: f.write(json.dumps(meta, indent=2).encode()))
         return path

@@ -36,7 +36,6 @@ Example:
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from advlens._checks import AdvlensError, check_images, unknown_name
+from advlens._checks import AdvlensError, check_images, check_int, check_number, unknown_name
 from advlens.explain.engine import check_model
 from advlens.models.wrapper import ClassifierModel
 
@@ -179,18 +178,6 @@ def scaled_channel_means(output: torch.Tensor) -> torch.Tensor:
     return torch.where(span > 0, scaled.clamp(0.0, 1.0), torch.zeros_like(scaled))
 
 
-def _check_threshold(threshold: float) -> float:
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not math.isfinite(threshold):
-        raise AdvlensError(f"threshold must be a finite number (DLFuzz uses 0.25), got {threshold!r}")
-    return float(threshold)
-
-
-def _check_batch_size(batch_size: int) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise AdvlensError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return batch_size
-
-
 def layer_outputs_pass(
     model: ClassifierModel, x: torch.Tensor, layers: Sequence[NeuronLayer]
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -240,7 +227,7 @@ def neuron_values(
     model = check_model(model)
     check_images(x)
     found = coverage_layers(model, layers)
-    batch_size = _check_batch_size(batch_size)
+    batch_size = check_int(batch_size, "batch_size", 1)
     chunks: dict[str, list[torch.Tensor]] = {l.name: [] for l in found}
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
@@ -256,7 +243,7 @@ def first_covered(values: torch.Tensor, threshold: float = 0.25) -> torch.Tensor
     ``values [N,T]`` → ``long [T]``. Coverage of the first ``n`` inputs is ``((f ≥ 0) & (f < n)).mean()``,
     and of several sets, placed one after another, the minimum of their shifted positions (seed 000 Fig. 2).
     """
-    hit = values > _check_threshold(threshold)
+    hit = values > check_number(threshold, "threshold")
     return torch.where(hit.any(0), hit.to(torch.uint8).argmax(0), torch.full_like(hit[0], -1, dtype=torch.long))
 
 
@@ -288,7 +275,7 @@ class CoverageTracker:
     def __init__(self, model: ClassifierModel, threshold: float = 0.25,
                  layers: str | Sequence[str] | Sequence[NeuronLayer] = "dlfuzz") -> None:
         self.model = check_model(model)
-        self.threshold = _check_threshold(threshold)
+        self.threshold = check_number(threshold, "threshold")
         self.layers: list[NeuronLayer] = coverage_layers(model, layers)
         self.names: list[str] = [l.name for l in self.layers]
         self.sizes: list[int] = []
