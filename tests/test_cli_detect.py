@@ -64,6 +64,10 @@ def test_detect_score_and_defend_eval_give_the_librarys_numbers(capsys, tmp_path
                  "--out", str(tmp_path / "s.parquet")]) == 0
     rows = pd.read_parquet(tmp_path / "s.parquet")
     det = detect.load(str(det_file), digits_model)
+    train = al.load_images("digits", split="train", **digits_model.image_options())[:40]
+    lib = detect.make("behavior", copies=8, seed=0).fit(digits_model, train.x)  # what `detect fit` ran
+    assert det.state.keys() == lib.state.keys() and det.threshold == pytest.approx(lib.threshold, rel=1e-6)
+    assert all(torch.allclose(det.state[k], lib.state[k], atol=1e-6) for k in lib.state)
     test = al.load_images("digits", split="test", **digits_model.image_options())[:5]
     assert rows.image.tolist() == test.names
     assert torch.allclose(torch.tensor(rows.score.to_numpy()), det.score(test.x).double().cpu(), atol=1e-6)

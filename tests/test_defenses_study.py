@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import pandas as pd
+import torch
 import pytest
 
 from advlens._checks import AdvlensError
@@ -63,6 +64,14 @@ def test_defend_train_resumes_and_eval_compares_modes(capsys, tmp_path, digits_m
     assert main([*args, "--epochs", "1"]) == 0 and out.is_file() and ckpt.is_file()
     assert main([*args, "--epochs", "2"]) == 0
     assert "resumed at epoch 1" in capsys.readouterr().out
+    # the CLI is the library: the same recipe with the library's defaults gives the same weights
+    from safetensors.torch import load_file
+
+    from advlens.defend.recipes import retrain
+
+    lib, _ = retrain(digits_model, "digits", "fgsm", epochs=2, n_attack=64)
+    saved = load_file(str(out))
+    assert all(torch.equal(saved[k], v) for k, v in lib.net.state_dict().items())
     assert main(["defend", "eval", "--model", "small_vgg_digits", "--weights", str(out), "--images", "digits",
                  "--limit", "16", "--defense", "squeeze", "--defense-param", "bits=3", "--steps", "5"]) == 0
     text = capsys.readouterr().out

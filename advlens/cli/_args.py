@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 from .._checks import AdvlensError
 
-__all__ = ["Parser", "positive_int", "natural_int", "positive_float", "natural_float", "batch_size_arg", "layers_arg",
+__all__ = ["Parser", "library_default", "positive_int", "natural_int", "positive_float", "natural_float", "batch_size_arg", "layers_arg",
            "overwrite_arg", "common", "speed_args", "data_args", "model_args", "model_options", "param_pairs", "output_dir",
            "load_model_for", "load_model_with_speed", "stream_images_for", "load_model_and_images", "load_images_for", "printable", "one_line"]
 
@@ -95,6 +95,13 @@ def overwrite_arg(sp: argparse.ArgumentParser) -> None:
     sp.add_argument("--overwrite", action="store_true",
                     help="write into a non-empty --out folder beside its files (never replacing a file advlens did "
                     "not write), or replace an existing --out file")
+
+
+def library_default(fn: object, name: str) -> object:
+    """The default of ``fn``'s parameter ``name``: help texts quote the library's defaults, never keep their own."""
+    import inspect
+
+    return inspect.signature(fn).parameters[name].default
 
 
 def common(sp: argparse.ArgumentParser, out: str | None) -> None:

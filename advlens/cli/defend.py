@@ -10,35 +10,32 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import (common, data_args, load_images_for, load_model_for, natural_float, overwrite_arg, param_pairs, positive_float,
-                    positive_int)
+from ._args import (common, data_args, library_default, load_images_for, load_model_for, natural_float, overwrite_arg,
+                    param_pairs, positive_float, positive_int)
 
 __all__ = ["add_parsers"]
 
-RECIPES = ("retrain-fgsm", "retrain-onepixel", "pgd_at", "robust")
-
-
 def _cmd_train(args: argparse.Namespace) -> None:
     from ..data import load_images
-    from ..defend.recipes import adversarial_train, retrain, save_model
+    from ..defend.recipes import TRAINING_RECIPES, retrain, save_model
     from .._io import check_output_file
     from ..models import load_model
+    from ..models.small_vgg import _N_IMAGES
 
     check_output_file(args.out, inputs=[args.weights, args.checkpoint], overwrite=args.overwrite)
     model = load_model(f"small_vgg_{args.data}", weights=args.weights, device=args.device)
-    common = dict(epochs=args.epochs, seed=args.seed, checkpoint=args.checkpoint, progress=not args.quiet)
-    extra = param_pairs(args.param)
-    if args.recipe.startswith("retrain-"):
-        method = args.recipe.split("-", 1)[1]
-        if method == "fgsm":
-            extra.setdefault("fgsm_form", args.fgsm_form)
-        trained, info = retrain(model, args.data, method, n_attack=args.n_attack, **common, **extra)
+    recipe, fixed = TRAINING_RECIPES[args.recipe]
+    given = {"epochs": args.epochs, "seed": args.seed, "checkpoint": args.checkpoint, "progress": not args.quiet}
+    if recipe is retrain:
+        given.update(n_attack=args.n_attack, fgsm_form=args.fgsm_form if fixed["method"] == "fgsm" else None)
     else:
-        robust = args.recipe == "robust"
-        extra.setdefault("objective", args.objective if robust else "pgd_ce")
-        trained, info = adversarial_train(model, args.data, eps=args.eps, steps=args.steps,
-                                          gamma=args.gamma if robust else 0.0, **common, **extra)
-    test = load_images(args.data, n=2500 if args.data == "shapes" else None, split="test").to(model.device)
+        given.update(eps=args.eps, steps=args.steps)
+        if args.recipe == "robust":
+            given.update(gamma=args.gamma, objective=args.objective)
+    # flags left unset take the recipe's own defaults; --param overrides both
+    kwargs = {**fixed, **{k: v for k, v in given.items() if v is not None}, **param_pairs(args.param)}
+    trained, info = recipe(model, args.data, **kwargs)
+    test = load_images(args.data, n=_N_IMAGES.get(args.data), split="test").to(model.device)
     acc = float((trained.predict(test.x) == test.y).float().mean())
     path = save_model(trained, args.out, {**info, "test_accuracy": acc})
     print(f"{trained.name}: test accuracy {acc:.2%} after {info['epochs']} epochs ({info['seconds']} s"
@@ -71,29 +68,35 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 def add_parsers(sub) -> None:
     """Register ``advlens defend train|eval`` on the main parser's ``sub``."""
+    from ..defend.recipes import FGSM_FORMS, OBJECTIVES, ROBUST_GAMMA, TRAINING_RECIPES, adversarial_train
     from ..defend.transforms import TRANSFORMS
+    from ..models.small_vgg import TRAINABLE_DATA
 
     p = sub.add_parser("defend", help="robust training and defenses under plain vs adaptive attacks (seeds 001, 004)")
     dsub = p.add_subparsers(dest="defend_command", required=True)
 
     sp = dsub.add_parser("train", help="adversarially retrain / train a small VGG (resumable) and save its weights")
     common(sp, None)
-    sp.add_argument("--data", required=True, choices=["digits", "lfw", "shapes"], help="the small model's data set")
-    sp.add_argument("--recipe", default="retrain-fgsm", choices=RECIPES,
+    sp.add_argument("--data", required=True, choices=TRAINABLE_DATA, help="the small model's data set")
+    sp.add_argument("--recipe", default="retrain-fgsm", choices=list(TRAINING_RECIPES),
                     help="retrain-fgsm / retrain-onepixel (seed 001 'immune' models: retrain on the successful "
                          "adversarial training images), pgd_at (PGD adversarial training), robust (seed 004 "
                          "interpretation-robust training); default retrain-fgsm")
     sp.add_argument("--weights", default=None, help="start from these weights (default: the cached trained model)")
-    sp.add_argument("--epochs", type=positive_int, default=5, help="fine-tuning epochs (default 5)")
+    sp.add_argument("--epochs", type=positive_int, default=None,
+                    help=f"fine-tuning epochs (default {library_default(adversarial_train, 'epochs')})")
     sp.add_argument("--n-attack", type=positive_int, default=None, help="retrain: attack only the first N training images")
-    sp.add_argument("--eps", type=positive_float, default=0.031, help="pgd_at/robust: PGD L-inf budget (default 0.031)")
-    sp.add_argument("--steps", type=positive_int, default=7, help="pgd_at/robust: PGD steps per batch (default 7)")
-    sp.add_argument("--gamma", type=natural_float, default=2.0, help="robust: weight of the interpretation difference (2)")
-    sp.add_argument("--objective", default="paper", choices=["paper", "pgd_ce"],
+    sp.add_argument("--eps", type=positive_float, default=None,
+                    help=f"pgd_at/robust: PGD L-inf budget (default {library_default(adversarial_train, 'eps')})")
+    sp.add_argument("--steps", type=positive_int, default=None,
+                    help=f"pgd_at/robust: PGD steps per batch (default {library_default(adversarial_train, 'steps')})")
+    sp.add_argument("--gamma", type=natural_float, default=None,
+                    help=f"robust: weight of the interpretation difference (default {ROBUST_GAMMA})")
+    sp.add_argument("--objective", default=None, choices=OBJECTIVES,
                     help="robust: 'paper' = CE on the clean image + gamma x worst-case interpretation difference "
                          "(PGD maximizing it, seed 004 Sec. VI-B; default); 'pgd_ce' = CE and difference at the "
                          "PGD cross-entropy example")
-    sp.add_argument("--fgsm-form", default="iterative", choices=["iterative", "single"],
+    sp.add_argument("--fgsm-form", default=None, choices=list(FGSM_FORMS),
                     help="retrain-fgsm: 'iterative' = seed 001's FGSM with the minimal flipping eps per image "
                          "(steps of 1/255 up to 32/255; default); 'single' = one FGSM step at eps 0.1")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE",

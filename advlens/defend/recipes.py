@@ -25,6 +25,7 @@ with :func:`advlens.defend.training.fit`, so every recipe is seeded, resumable a
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,8 @@ from ..models.wrapper import ClassifierModel
 from .training import fit, read_checkpoint
 
 __all__ = ["retrain", "adversarial_train", "interpretation_difference", "worst_case_example", "robust_loss",
-           "training_data", "save_model", "RETRAIN_ATTACKS", "FGSM_FORMS", "OBJECTIVES"]
+           "training_data", "save_model", "RETRAIN_ATTACKS", "FGSM_FORMS", "OBJECTIVES", "TRAINING_RECIPES",
+           "ROBUST_GAMMA"]
 
 #: seed 001's retraining attacks and their defaults (one-pixel with a smaller population than Su et al. so
 #: that attacking hundreds of training images takes CPU minutes)
@@ -321,3 +323,16 @@ def adversarial_train(
     summary.pop("extra")
     net.name = f"{model.name}+{name}"
     return net, {"recipe": recipe, "n_train": len(x), **summary}
+
+
+#: γ of the ``robust`` recipe (seed 004 Sec. VI-B's weight of the worst-case interpretation difference)
+ROBUST_GAMMA = 2.0
+
+#: the training defenses by name: ``(recipe, its fixed arguments)``; the defenses study and ``advlens defend
+#: train`` read this (the recipes' other defaults are their signatures')
+TRAINING_RECIPES: dict[str, tuple[Callable[..., tuple[ClassifierModel, dict[str, Any]]], dict[str, Any]]] = {
+    "retrain-fgsm": (retrain, {"method": "fgsm"}),
+    "retrain-onepixel": (retrain, {"method": "onepixel"}),
+    "pgd_at": (adversarial_train, {}),
+    "robust": (adversarial_train, {"gamma": ROBUST_GAMMA}),
+}

@@ -33,7 +33,7 @@ from .._checks import unknown_name
 from ..attacks import attack
 from ..data import load_images
 from ..defend import TRANSFORMS, wrap
-from ..defend.recipes import adversarial_train, retrain, worst_case_example
+from ..defend.recipes import TRAINING_RECIPES, worst_case_example
 from ..explain import explain
 from ..metrics import cosine, kendall_tau
 from ._common import entries_on_test_split, load_entry, safe_name
@@ -89,12 +89,7 @@ register_study("defenses", DefensesSpec, presets={"defenses": {
 }})
 
 #: training defenses: kind -> (recipe, its fixed arguments)
-TRAINED = {
-    "retrain-fgsm": (retrain, {"method": "fgsm"}),
-    "retrain-onepixel": (retrain, {"method": "onepixel"}),
-    "pgd_at": (adversarial_train, {}),
-    "robust": (adversarial_train, {"gamma": 2.0}),
-}
+TRAINED = TRAINING_RECIPES
 GRADIENT_ATTACKS = ("fgsm", "pgd")
 DEFAULT_ATTACKS = {"fgsm": {"eps": 0.1}, "pgd": {"eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
                    "onepixel": {"pixels": 1, "popsize": 100, "iterations": 30}}
