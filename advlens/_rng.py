@@ -143,7 +143,8 @@ def randn_per_image(x: torch.Tensor, seed: int, copies: int | None = None,
 
 def rand_per_image(x: torch.Tensor, seed: int, copies: int | None = None,
                    shape: Sequence[int] | None = None) -> torch.Tensor:
-    """Uniform noise in [0,1), image ``i``'s from its own generator; as :func:`randn_per_image`.
+    """Uniform noise in [0,1), image ``i``'s (of ``x`` ``[N,...]``) from its own generator; as
+    :func:`randn_per_image`.
 
     Returns:
         ``[N,*shape]``, or ``[copies,N,*shape]`` with ``copies`` (``shape`` default ``x.shape[1:]``).

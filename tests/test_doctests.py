@@ -29,3 +29,35 @@ def test_docstring_examples_run(name, tmp_path, monkeypatch, digits_model, digit
     result = doctest.testmod(module, extraglobs=globs, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE,
                              verbose=False, report=False)
     assert result.failed == 0, f"{result.failed} of {result.attempted} docstring examples of {name} failed (see output)"
+
+
+def _public(name: str):
+    """The functions and classes a module defines and lists in its ``__all__``."""
+    import inspect
+
+    module = importlib.import_module(name)
+    for attr in getattr(module, "__all__", []):
+        obj = getattr(module, attr, None)
+        if (inspect.isfunction(obj) or inspect.isclass(obj)) and obj.__module__ == name:
+            yield f"{name}.{attr}", obj
+
+
+def test_public_functions_have_docstrings_with_tensor_shapes():
+    """Every public function and class has a docstring; one that takes a tensor argument names its shape
+    (``[N,C,H,W]``, ``[N]``, a ``Shape:`` section…), as DESIGN.md's API contract asks."""
+    import inspect
+    import re
+
+    shape = re.compile(r"Shape:|\[(?=[^\]]*[A-Za-z])[\w ,×|*.]+\]")
+    missing, shapeless = [], []
+    for name in MODULES:
+        for qual, obj in _public(name):
+            doc = inspect.getdoc(obj) or ""
+            if not doc.strip():
+                missing.append(qual)
+            elif inspect.isfunction(obj):
+                annotations = [str(p.annotation).replace("torch.", "") for p in inspect.signature(obj).parameters.values()]
+                if any(a in ("Tensor", "Tensor | None") for a in annotations) and not shape.search(doc):
+                    shapeless.append(qual)
+    assert not missing, f"no docstring: {missing}"
+    assert not shapeless, f"tensor arguments without a shape in the docstring: {shapeless}"

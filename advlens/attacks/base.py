@@ -128,7 +128,7 @@ def attack_info(name: object) -> AttackInfo:
 
 
 def project_linf(x_adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """Project onto the L∞ ball of radius ``eps`` around ``x`` and onto [0,1]."""
+    """Project ``x_adv`` ``[N,C,H,W]`` onto the L∞ ball of radius ``eps`` around ``x`` ``[N,C,H,W]`` and onto [0,1]."""
     return torch.clamp(x + torch.clamp(x_adv - x, -eps, eps), 0.0, 1.0)
 
 
@@ -183,7 +183,8 @@ def objective_grad(
     loss_fn: LossFn | None = None,
     explainer: dict[str, Any] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradient of the attack objective (see module docstring) w.r.t. ``x_adv``, and the logits.
+    """Gradient of the attack objective (see module docstring) w.r.t. ``x_adv`` ``[N,C,H,W]`` (same shape),
+    and the logits ``[N,classes]``.
 
     ``loss_fn`` and ``explainer`` as in :func:`forward_penalty`.
     """
@@ -248,7 +249,8 @@ def finish(
     params: dict[str, Any],
     extras: dict[str, torch.Tensor] | None = None,
 ) -> AttackResult:
-    """Evaluate ``x_adv`` once and build the :class:`AttackResult`."""
+    """Evaluate ``x_adv`` ``[N,C,H,W]`` (against ``x`` ``[N,C,H,W]``, labels ``y`` ``[N]``) once and build the
+    :class:`AttackResult`."""
     with torch.no_grad():
         prob = model(x_adv).softmax(1)
     conf, pred = prob.max(1)

@@ -50,6 +50,7 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"must be an integer >= {minimum}, got {text!r}")
         return value
 
+    parse.__doc__ = f"argparse type: an integer >= {minimum}, else one line naming the flag."
     return parse
 
 
@@ -65,6 +66,7 @@ def _float_above(minimum: float, strict: bool) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"must be a number {'>' if strict else '>='} {minimum:g}, got {text!r}")
         return value
 
+    parse.__doc__ = f"argparse type: a finite number {'>' if strict else '>='} {minimum:g}, else one line naming the flag."
     return parse
 
 

@@ -46,7 +46,8 @@ def stratified_split_indices(y: Tensor | None, n: int, test_fraction: float, see
 
 
 def subsample_indices(available: Tensor, n: int | None, seed: int, what: str) -> Tensor:
-    """Pick ``n`` of the ``available`` indices at random (seeded), keeping their order; all when ``n`` is None.
+    """Pick ``n`` of the ``available`` indices ``[M]`` at random (seeded), keeping their order → ``[n]``; all
+    when ``n`` is None.
 
     Raises:
         AdvlensError: ``n`` larger than the number available.

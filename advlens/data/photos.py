@@ -68,7 +68,8 @@ def photo_read(crop_pct: object = 1.0, interpolation: object = "bilinear", skip_
 
 
 def select_split(y: Tensor | None, count: int, split: str | None, what: str) -> Tensor:
-    """Indices of the fixed stratified split (20 % test, seed 0) of ``range(count)``; all for ``split=None``."""
+    """Indices ``[n]`` (int64) of the fixed stratified split (20 % test, seed 0) of ``range(count)`` given the
+    labels ``[count]``; all for ``split=None``."""
     if split is None:
         return torch.arange(count)
     if split not in ("train", "test"):

@@ -238,7 +238,8 @@ def worst_case_example(model: ClassifierModel, x: torch.Tensor, y: torch.Tensor,
 
 def robust_loss(model: ClassifierModel, x: torch.Tensor, y: torch.Tensor, gamma: float, eps: float, alpha: float,
                 steps: int, seed: int, objective: str = "paper") -> torch.Tensor:
-    """One batch's loss of :func:`adversarial_train` (scalar; the examples are made in eval mode, the loss
+    """One batch's loss of :func:`adversarial_train` (scalar, for ``x`` ``[N,3,H,W]``, ``y`` ``[N]``; the examples are
+    made in eval mode, the loss
     is computed in the mode the model is in on entry).
 
     - ``objective="paper"`` (seed 004 Sec. VI-B): ``CE(f(x), y) + γ · mean D(x, x̂_w)``, ``x̂_w`` =

@@ -35,7 +35,8 @@ def _fits(x: torch.Tensor, pad: int, what: str) -> None:
 
 
 def median(x: torch.Tensor, k: int = 3) -> torch.Tensor:
-    """Median over each pixel's ``k × k`` neighbourhood (odd ``k``), reflect border (scipy's ``mirror``)."""
+    """Median over each pixel's ``k × k`` neighbourhood (odd ``k``), reflect border (scipy's ``mirror``):
+    ``[N,C,H,W]`` → ``[N,C,H,W]``."""
     k = check_int(k, "k (median window)", 1, 63)
     if k % 2 == 0:
         raise AdvlensError(f"k (median window) must be odd, got {k}")
@@ -46,13 +47,15 @@ def median(x: torch.Tensor, k: int = 3) -> torch.Tensor:
 
 
 def squeeze(x: torch.Tensor, bits: int = 4) -> torch.Tensor:
-    """Reduce every channel to ``2^bits`` levels: ``round(x · (2^bits − 1)) / (2^bits − 1)``."""
+    """Reduce every channel to ``2^bits`` levels: ``round(x · (2^bits − 1)) / (2^bits − 1)``; ``[N,C,H,W]`` →
+    ``[N,C,H,W]``."""
     levels = 2 ** check_int(bits, "bits", 1, 8) - 1
     return torch.round(x * levels) / levels
 
 
 def blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
-    """Gaussian blur, kernel ``2·⌈3σ⌉ + 1`` (scipy's ``truncate=3``), reflect border."""
+    """Gaussian blur, kernel ``2·⌈3σ⌉ + 1`` (scipy's ``truncate=3``), reflect border: ``[N,C,H,W]`` →
+    ``[N,C,H,W]``."""
     sigma = check_number(sigma, "sigma (blur)", 0)
     k = 2 * math.ceil(3 * sigma) + 1
     _fits(x, k // 2, f"a Gaussian blur of sigma {sigma:g} (kernel {k})")
@@ -60,7 +63,8 @@ def blur(x: torch.Tensor, sigma: float = 1.0) -> torch.Tensor:
 
 
 def jpeg(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
-    """JPEG encode + decode at ``quality`` (1–100) of the 8-bit image; not differentiable.
+    """JPEG encode + decode at ``quality`` (1–100) of the 8-bit image, ``[N,3,H,W]`` → ``[N,3,H,W]``; not
+    differentiable.
 
     Each image goes through :func:`torchvision.io.encode_jpeg` / ``decode_jpeg`` (libjpeg on the CPU,
     nvjpeg on CUDA) as ``round(255 · x)``.
@@ -76,7 +80,8 @@ def jpeg(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
 
 
 def jpeg_surrogate(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
-    """kornia's differentiable JPEG (Reich et al. 2024) at ``quality``: BPDA's backward for :func:`jpeg`
+    """kornia's differentiable JPEG (Reich et al. 2024) at ``quality``, ``[N,3,H,W]`` → ``[N,3,H,W]``: BPDA's
+    backward for :func:`jpeg`
     (within ~0.003 mean / 0.03 max of the real codec; its gradient, unlike the identity's, knows which
     frequencies JPEG discards)."""
     q = torch.tensor([float(quality)], device=x.device, dtype=x.dtype)
@@ -84,7 +89,7 @@ def jpeg_surrogate(x: torch.Tensor, quality: int = 75) -> torch.Tensor:
 
 
 def noise(x: torch.Tensor, sigma: float = 0.05, generator: torch.Generator | None = None) -> torch.Tensor:
-    """``clamp(x + sigma · ε, 0, 1)`` with ``ε ~ N(0, 1)`` drawn from ``generator``."""
+    """``clamp(x + sigma · ε, 0, 1)`` with ``ε ~ N(0, 1)`` drawn from ``generator``; ``[N,C,H,W]`` → ``[N,C,H,W]``."""
     sigma = check_number(sigma, "sigma (noise)", 0)
     eps = torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
     return torch.clamp(x + sigma * eps, 0.0, 1.0)

@@ -45,19 +45,22 @@ def gradcam_pp_weights(A: torch.Tensor, g: torch.Tensor, eps: float = 0.0) -> to
 
 @register_method("gradcam++", "layer", summary="Grad-CAM++ (seed 002 eqs. 10–12)")
 def gradcam_pp(A: torch.Tensor, g: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
-    """Grad-CAM++ (Chattopadhay et al.; seed 002 eq. 12): ``ReLU(sum_k w_k A^k)``."""
+    """Grad-CAM++ (Chattopadhay et al.; seed 002 eq. 12): ``ReLU(sum_k w_k A^k)``; ``A``, ``g`` ``[N,K,h,w]`` →
+    ``[N,h,w]``."""
     return F.relu((gradcam_pp_weights(A, g, eps) * A).sum(1))
 
 
 @register_method("layercam", "layer", summary="LayerCAM: ReLU(Σ_k ReLU(g) ⊙ A^k) (seed 002 eqs. 13–14)")
 def layercam(A: torch.Tensor, g: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
-    """LayerCAM (Jiang et al.; seed 002 eqs. 13–14): ``ReLU(sum_k ReLU(g_ij^k) A_ij^k)``."""
+    """LayerCAM (Jiang et al.; seed 002 eqs. 13–14): ``ReLU(sum_k ReLU(g_ij^k) A_ij^k)``; ``A``, ``g``
+    ``[N,K,h,w]`` → ``[N,h,w]``."""
     return F.relu((F.relu(g) * A).sum(1))
 
 
 @register_method("noisecam", "layer", summary="NoiseCAM: Grad-CAM++ global minus LayerCAM pixel weights (seed 002)")
 def noisecam(A: torch.Tensor, g: torch.Tensor, eps: float = 0.0) -> torch.Tensor:
-    """NoiseCAM (seed 002, eqs. 15–17): Grad-CAM++ global weights minus LayerCAM pixel weights.
+    """NoiseCAM (seed 002, eqs. 15–17): Grad-CAM++ global weights minus LayerCAM pixel weights; ``A``, ``g``
+    ``[N,K,h,w]`` → ``[N,h,w]``.
 
     ``w_ij^k,noise = w_k · 1 − ReLU(g_ij^k)`` (eq. 16) and ``M = ReLU(sum_k w^k,noise ⊙ A^k)``
     (eq. 17). Follows the paper: no ``e^S`` factor and no alpha re-normalization (the authors'

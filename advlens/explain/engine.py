@@ -22,6 +22,8 @@ __all__ = ["capture", "Pass", "forward_backward", "resolve_target", "check_model
 
 
 def check_model(model: object) -> ClassifierModel:
+    """``model`` if it is an advlens :class:`~advlens.models.wrapper.ClassifierModel`, else a one-line
+    :class:`~advlens._checks.AdvlensError` saying how to wrap a plain ``nn.Module``."""
     if not isinstance(model, ClassifierModel):
         raise AdvlensError(
             f"expected an advlens ClassifierModel, got {type(model).__name__}; "

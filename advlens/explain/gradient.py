@@ -17,7 +17,8 @@ __all__ = ["saliency_from_grad", "smoothgrad", "smooth_relu", "smooth_relu_grad"
 
 
 def smooth_relu_grad(z: torch.Tensor, tau: float) -> torch.Tensor:
-    """Seed 004's smoothed ReLU derivative ``h(z)`` (Sec. IV-C), differentiable in ``z``.
+    """Seed 004's smoothed ReLU derivative ``h(z)`` (Sec. IV-C), differentiable in ``z``; elementwise, any
+    shape (e.g. ``[N,K,h,w]``) → the same shape.
 
     ``h(z) = 1 + z/sqrt(z² + τ)`` for ``z < 0`` and ``z/sqrt(z² + τ)`` for ``z ≥ 0``: close to the
     step function away from ``|z| ≲ sqrt(τ)``, but with a non-zero derivative, so gradient maps of

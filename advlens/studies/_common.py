@@ -110,6 +110,7 @@ def units_per_chunk(spec, run) -> list:
 
 
 def chunks(n: int, size: int) -> list[slice]:
+    """``range(n)`` as consecutive slices of at most ``size`` (a study's resumable units of images)."""
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 

@@ -6,6 +6,8 @@ defense × attack × mode (:func:`accuracy_table`), seed 001 Table 1 (:func:`tab
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import pandas as pd
 import torch
 
@@ -132,7 +134,9 @@ def _accuracy_long(acc: pd.DataFrame, attacks: list[str]) -> pd.DataFrame:
                        defense=_short_labels(wide))
 
 
-def report(out, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str, torch.Tensor]):
+def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str, torch.Tensor]) -> Path:
+    """``report.html`` (and ``figures/``) in ``out``: every number from the :func:`derived` tables (computed
+    here if absent), the spec and the versions the run recorded."""
     from ..report import Section, bar_plot, heatmap_plot, write_report
 
     figs = out / "figures"

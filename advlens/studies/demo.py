@@ -133,6 +133,8 @@ def derived(meta: dict, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFra
 
 
 def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str, torch.Tensor]) -> Path:
+    """``report.html`` (and ``figures/``) in ``out``: every number from the :func:`derived` tables (computed
+    here if absent), the spec and the versions the run recorded."""
     spec = meta["spec"]
     d = tables if "attack_summary" in tables else {**tables, **derived(meta, tables)}
     res, att = tables["results"], tables["attacks"]

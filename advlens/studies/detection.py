@@ -183,7 +183,8 @@ def _run(spec: DetectionSpec, model, batch, fit, configs) -> dict[str, Any]:
 
 
 def strength_inputs(x: torch.Tensor, x_adv: torch.Tensor, strengths, seed: int) -> dict[tuple[str, float], torch.Tensor]:
-    """``{(condition, strength): images}``: clean at 0, and per strength s the adversarial input
+    """``{(condition, strength): images [N,C,H,W]}`` from ``x``, ``x_adv`` ``[N,C,H,W]``: clean at 0, and per
+    strength s the adversarial input
     ``x + s·(x_adv − x)`` (clamped) and matched Gaussian noise of that perturbation (seed 002 eq. 2)."""
     inputs = {("clean", 0.0): x}
     for s in strengths:
@@ -296,6 +297,8 @@ def derived(meta: dict, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFra
 
 
 def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str, torch.Tensor]) -> Path:
+    """``report.html`` (and ``figures/``) in ``out``: every number from the :func:`derived` tables (computed
+    here if absent), the spec and the versions the run recorded."""
     from ..report import Section, bar_plot, write_report
     from ..report.detection import roc_plot, strength_plot
 

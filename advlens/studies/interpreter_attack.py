@@ -187,6 +187,8 @@ def derived(meta: dict, tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFra
 
 
 def report(out: Path, meta: dict, tables: dict[str, pd.DataFrame], examples: dict[str, torch.Tensor]) -> Path:
+    """``report.html`` (and ``figures/``) in ``out``: every number from the :func:`derived` tables (computed
+    here if absent), the spec and the versions the run recorded."""
     spec = meta["spec"]
     figs = out / "figures"
     have = tables if "attack_interpreter" in tables and "transfer_l1" in tables else derived(meta, tables)
