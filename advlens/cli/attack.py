@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 
 from .._checks import AdvlensError
-from ._args import (batch_size_arg, common, data_args, load_model_with_speed, output_dir, param_pairs, positive_float,
-                    positive_int, speed_args, stream_images_for)
+from ._args import (batch_size_arg, common, data_args, library_default, load_model_with_speed, output_dir, param_pairs,
+                    positive_float, positive_int, speed_args, stream_images_for)
 
 __all__ = ["add_parsers", "attack_params"]
 
@@ -87,16 +87,19 @@ def _cmd_attack(args: argparse.Namespace) -> None:
 def add_parsers(sub) -> None:
     """Register ``attack``."""
     from ..attacks import list_attacks
+    from ..attacks.pgd import pgd
 
     sp = sub.add_parser("attack", help="attack a model and save the adversarial images")
     common(sp, "advlens-attack")
     speed_args(sp)
     data_args(sp)
     sp.add_argument("--method", default="pgd", help=f"attack: {', '.join(list_attacks())} (default pgd)")
-    sp.add_argument("--eps", type=positive_float, default=8 / 255,
-                    help="L-inf budget in [0,1] units (default 8/255); for ifgsm the largest eps tried")
-    sp.add_argument("--steps", type=positive_int, default=10,
-                    help="iterations: PGD, C&W, StAdv, ADV²/AdvEdge steps; DLFuzz iterations; one-pixel generations")
+    sp.add_argument("--eps", type=positive_float, default=None,
+                    help="L-inf budget in [0,1] units; for ifgsm the largest eps tried (default: the attack's own, "
+                         f"{library_default(pgd, 'eps'):.4g} = 8/255 for pgd and fgsm)")
+    sp.add_argument("--steps", type=positive_int, default=None,
+                    help="iterations: PGD, C&W, StAdv, ADV²/AdvEdge steps; DLFuzz iterations; one-pixel generations "
+                         f"(default: the attack's own, {library_default(pgd, 'steps')} for pgd)")
     sp.add_argument("--alpha", type=positive_float, default=None,
                     help="PGD step (default: the attack's, eps/4 for pgd and 1/255 for adv2/advedge)")
     sp.add_argument("--target", default=None, help="targeted attack: a class index, or 'random' (seed 004's y_t)")
