@@ -66,7 +66,8 @@ def _float_above(minimum: float, strict: bool) -> Callable[[str], float]:
             raise argparse.ArgumentTypeError(f"must be a number {'>' if strict else '>='} {minimum:g}, got {text!r}")
         return value
 
-    parse.__doc__ = f"argparse type: a finite number {'>' if strict else '>='} {minimum:g}, else one line naming the flag."
+    bound = f"{'>' if strict else '>='} {minimum:g}"
+    parse.__doc__ = f"argparse type: a finite number {bound}, else one line naming the flag."
     return parse
 
 

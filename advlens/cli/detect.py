@@ -126,6 +126,7 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 def add_parsers(sub) -> None:
     """Register ``advlens detect`` and its three subcommands on the main parser's ``sub``."""
+    from ..attacks.pgd import EVAL_PGD
     from ..detect import DETECTORS
 
     p = sub.add_parser("detect", help="fit, apply and evaluate adversarial-input detectors (seeds 002, 004)")
@@ -157,9 +158,12 @@ def add_parsers(sub) -> None:
     sp.add_argument("detector_file", help="a detector written by `advlens detect fit`")
     shared(sp, "test", "advlens-detect-eval")
     sp.add_argument("--attack", default="pgd", help="attack method (default pgd)")
-    sp.add_argument("--eps", type=positive_float, default=0.031, help="PGD L-inf budget (default 0.031)")
-    sp.add_argument("--steps", type=positive_int, default=20, help="PGD steps (default 20)")
-    sp.add_argument("--alpha", type=positive_float, default=None, help="PGD step (default: the attack's, eps/4)")
+    sp.add_argument("--eps", type=positive_float, default=EVAL_PGD["eps"],
+                    help=f"PGD L-inf budget (default {EVAL_PGD['eps']}, the evaluations' PGD)")
+    sp.add_argument("--steps", type=positive_int, default=EVAL_PGD["steps"],
+                    help=f"PGD steps (default {EVAL_PGD['steps']})")
+    sp.add_argument("--alpha", type=positive_float, default=None,
+                    help="PGD step (default: the attack's, eps/4; the presets use eps/8)")
     sp.add_argument("--strengths", type=positive_float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0],
                     help="perturbation scales (seed 002: 0.25 … 4)")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE", help="other attack parameters (repeatable)")

@@ -43,6 +43,7 @@ from torch import nn
 
 from .._checks import AdvlensError, check_choice, check_images, check_int, unknown_name
 from .._rng import image_generators
+from ..attacks.pgd import EVAL_PGD
 from ..explain import explain
 from ..explain.methods import list_methods, method_info
 from ..explain.engine import capture, check_model
@@ -64,10 +65,10 @@ CHANNELS = ("two", "abc")
 #: ones use seed 004's ε = 0.031 but 20 steps instead of the paper's 300 at α = 1/255 (cheap); AdvEdge's
 #: steps are weighted per pixel by E(x) ≤ 1/√2 (≈ 0.3 at most on digits), hence α = ε.
 TRAIN_ATTACKS: dict[str, dict[str, Any]] = {
-    "advedge": {"eps": 0.031, "alpha": 0.031, "steps": 20},
-    "advedge+": {"eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
-    "adv2": {"eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
-    "pgd": {"eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
+    "advedge": {**EVAL_PGD, "alpha": EVAL_PGD["eps"]},
+    "advedge+": dict(EVAL_PGD),
+    "adv2": dict(EVAL_PGD),
+    "pgd": dict(EVAL_PGD),
 }
 _CNN_PREFIX = "cnn."
 

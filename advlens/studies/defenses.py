@@ -31,6 +31,7 @@ import torch
 
 from .._checks import unknown_name
 from ..attacks import attack
+from ..attacks.pgd import EVAL_PGD
 from ..data import load_images
 from ..defend import TRANSFORMS, wrap
 from ..defend.recipes import TRAINING_RECIPES, worst_case_example
@@ -69,7 +70,7 @@ register_study("defenses", DefensesSpec, presets={"defenses": {
                {"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500},
                {"model": "small_vgg_lfw", "data": "lfw", "split": "test"}],
     "attack": {"method": "fgsm+pgd+onepixel", "fgsm": {"eps": 0.1},
-               "pgd": {"eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
+               "pgd": dict(EVAL_PGD),
                "onepixel": {"pixels": 1, "popsize": 50, "iterations": 20}, "onepixel_limit": 32, "eot": 8,
                "sweep": [2 / 255, 4 / 255, 6 / 255, 8 / 255, 9 / 255, 10 / 255], "sweep_steps": 10},
     "defenses": [
@@ -91,7 +92,7 @@ register_study("defenses", DefensesSpec, presets={"defenses": {
 #: training defenses: kind -> (recipe, its fixed arguments)
 TRAINED = TRAINING_RECIPES
 GRADIENT_ATTACKS = ("fgsm", "pgd")
-DEFAULT_ATTACKS = {"fgsm": {"eps": 0.1}, "pgd": {"eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
+DEFAULT_ATTACKS = {"fgsm": {"eps": 0.1}, "pgd": dict(EVAL_PGD),
                    "onepixel": {"pixels": 1, "popsize": 100, "iterations": 30}}
 
 

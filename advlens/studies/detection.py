@@ -31,6 +31,7 @@ import torch
 
 from .._checks import AdvlensError, check_choice
 from ..attacks import attack, matched_noise
+from ..attacks.pgd import EVAL_PGD
 from ..data import load_images
 from ..detect import EnsembleDetector, interpreter_maps, make
 from ._common import entries_on_test_split, load_entry, safe_name
@@ -65,7 +66,7 @@ class DetectionSpec(StudySpec):
 register_study("detection", DetectionSpec, presets={"seed002": {
     "models": [{"model": "small_vgg_digits", "data": "digits", "split": "test"},
                {"model": "small_vgg_shapes", "data": "shapes", "split": "test", "n": 2500}],
-    "attack": {"method": "pgd", "eps": 0.031, "alpha": 0.031 / 8, "steps": 20},
+    "attack": {"method": "pgd", **EVAL_PGD},
     "strengths": [0.25, 0.5, 1.0, 2.0, 4.0],
     "detectors": [{"kind": "behavior", "copies": 50}, {"kind": "noisecam"},
                   {"kind": "ensemble", "interpreters": ["grad", "cam", "mask"], "backbone": "pixels",
