@@ -15,12 +15,11 @@ from ._args import (common, data_args, library_default, load_images_for, load_mo
 
 __all__ = ["add_parsers"]
 
+
 def _cmd_train(args: argparse.Namespace) -> None:
-    from ..data import load_images
-    from ..defend.recipes import TRAINING_RECIPES, retrain, save_model
+    from ..defend.recipes import TRAINING_RECIPES, retrain, save_model, training_data
     from .._io import check_output_file
     from ..models import load_model
-    from ..models.small_vgg import _N_IMAGES
 
     check_output_file(args.out, inputs=[args.weights, args.checkpoint], overwrite=args.overwrite)
     model = load_model(f"small_vgg_{args.data}", weights=args.weights, device=args.device)
@@ -35,8 +34,8 @@ def _cmd_train(args: argparse.Namespace) -> None:
     # flags left unset take the recipe's own defaults; --param overrides both
     kwargs = {**fixed, **{k: v for k, v in given.items() if v is not None}, **param_pairs(args.param)}
     trained, info = recipe(model, args.data, **kwargs)
-    test = load_images(args.data, n=_N_IMAGES.get(args.data), split="test").to(model.device)
-    acc = float((trained.predict(test.x) == test.y).float().mean())
+    x_test, y_test = (t.to(model.device) for t in training_data(args.data, split="test"))
+    acc = float((trained.predict(x_test) == y_test).float().mean())
     path = save_model(trained, args.out, {**info, "test_accuracy": acc})
     print(f"{trained.name}: test accuracy {acc:.2%} after {info['epochs']} epochs ({info['seconds']} s"
           f"{', resumed at epoch ' + str(info['resumed_from']) if info['resumed_from'] else ''}) -> {path}")

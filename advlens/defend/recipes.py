@@ -60,14 +60,15 @@ FGSM_FORMS: dict[str, tuple[str, dict[str, Any]]] = {
 OBJECTIVES = ("paper", "pgd_ce")
 
 
-def training_data(data: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """The train split ``(x [N,3,H,W], y [N])`` a small model of ``data`` was trained on."""
+def training_data(data: str, split: str = "train") -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``split`` (``train``, or ``test`` for its accuracy) ``(x [N,3,H,W], y [N])`` of the images a small
+    model of ``data`` was trained on."""
     from ..data import load_images
     from ..models.small_vgg import _N_IMAGES, TRAINABLE_DATA
 
     if data not in TRAINABLE_DATA:
         raise unknown_name("training data", data, TRAINABLE_DATA)
-    batch = load_images(data, n=_N_IMAGES.get(data), split="train", seed=0)
+    batch = load_images(data, n=_N_IMAGES.get(data), split=split, seed=0)
     return batch.x, batch.y
 
 
