@@ -26,6 +26,21 @@ def test_detect_fit_score_eval(capsys, tmp_path, digits_model):
     assert summary.auc_clean.iloc[1] > 0.8  # measured 1.0 on 32 held-out digits (PGD ε 0.031, 20 steps)
     assert (out / "roc.png").is_file() and (out / "eval.json").is_file()
     assert "tnr_noise" in capsys.readouterr().out
+    # the same evaluation through the library: the evaluations' PGD with the attack's own step, seed 0
+    import torch
+
+    import advlens as al
+    from advlens.attacks.pgd import EVAL_PGD
+    from advlens.studies.detection import strength_inputs
+
+    test = al.load_images("digits", split="test", **digits_model.image_options())[:24]
+    x_adv = al.attack(digits_model, test.x, None, "pgd", seed=0, eps=EVAL_PGD["eps"], steps=EVAL_PGD["steps"]).x_adv
+    detector = al.detect.load(str(det), digits_model)
+    rows = pd.read_parquet(out / "results.parquet")
+    for (cond, s), x in strength_inputs(test.x, x_adv, [0.5, 1.0], 0).items():
+        got = rows[(rows.condition == cond) & (rows.strength == s)]
+        assert got.image.tolist() == test.names
+        assert torch.allclose(torch.tensor(got.score.to_numpy()), detector.score(x).double(), atol=1e-6), (cond, s)
 
 
 def test_ensemble_fit_takes_list_params(capsys, tmp_path, digits_model):
