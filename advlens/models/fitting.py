@@ -79,7 +79,7 @@ def train_epochs(
     for epoch in bar:
         if stop_after is not None and len(losses) >= stop_after:
             break
-        total = 0.0
+        total: Tensor | float = 0.0  # summed on the loss's device: one host sync per epoch, not per batch
         for b, idx in enumerate(torch.randperm(n, generator=gen).split(batch_size)):
             with torch.enable_grad():
                 loss = step(idx, epoch, b)
@@ -89,8 +89,8 @@ def train_epochs(
             opt.step()
             if scheduler is not None:
                 scheduler.step()
-            total += float(loss.detach()) * len(idx)
-        losses.append(total / n)
+            total = total + loss.detach().double() * len(idx)
+        losses.append(float(total) / n)
         if desc is not None:
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
         if on_epoch is not None:
