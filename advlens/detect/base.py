@@ -33,8 +33,8 @@ _MAX_META_BYTES = 16 << 20
 
 def auto_batch(x: torch.Tensor, batch_size: int | None) -> int:
     """``batch_size``, or for None (from the images ``x`` ``[N,C,H,W]``): 256 images on a GPU; on a CPU 256 at
-    32×32, fewer for larger images
-    (16 at 224×224: big CPU batches of large images run several times slower per image)."""
+    32×32, fewer for larger images (16 at 224×224: big CPU batches of large images run several times slower
+    per image)."""
     if batch_size is not None:
         return int(batch_size)
     if x.device.type != "cpu":
