@@ -156,3 +156,12 @@ def test_cli_attack_gives_the_library_result(digits_model, tmp_path):
     res = al.attack(digits_model, batch.x, None, "pgd", eps=0.03, steps=5)
     assert rows.adv_pred.tolist() == [digits_model.labels[int(i)] for i in res.pred]
     assert rows.success.tolist() == res.success.tolist()
+    import json
+
+    ran = json.loads((out / "attack.json").read_text())  # what ran, with the attack's own defaults resolved
+    assert ran["params"] == res.params and ran["seed"] == 0 and ran["count"] == 6
+    # unset --eps/--steps are the attack's own defaults, recorded as such
+    assert main(["attack", "--model", "small_vgg_digits", "--images", "digits", "--limit", "2", "--method", "fgsm",
+                 "--out", str(tmp_path / "att2"), "--quiet"]) == 0
+    ran = json.loads((tmp_path / "att2" / "attack.json").read_text())
+    assert ran["params"] == {"method": "fgsm", "eps": al.attacks.attack_info("fgsm").defaults()["eps"]}

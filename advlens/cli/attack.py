@@ -37,7 +37,8 @@ def _target(args: argparse.Namespace, model, batch):
 
 
 def _attack_chunk(args: argparse.Namespace, model, batch, taken: set[str], folder):
-    """Attack one chunk, save its adversarial images into ``folder``; its rows and seconds."""
+    """Attack one chunk, save its adversarial images into ``folder``; its rows, seconds and the attack's
+    parameters (its defaults resolved)."""
     import pandas as pd
 
     from .. import metrics
@@ -56,22 +57,22 @@ def _attack_chunk(args: argparse.Namespace, model, batch, taken: set[str], folde
     if "eps" in res.extras:  # ifgsm: the smallest eps that flipped each image
         rows["min_eps"] = res.extras["eps"].cpu().numpy()
     save_images(res.x_adv, files, folder)
-    return rows, res.time_s
+    return rows, res.time_s, res.params
 
 
 def _cmd_attack(args: argparse.Namespace) -> None:
     import pandas as pd
     from tqdm.auto import tqdm
 
-    from .._io import write_parquet
+    from .._io import write_json, write_parquet
 
     out = output_dir(args, "attack", args.images, args.weights)
     model = load_model_with_speed(args)
     count, chunks = stream_images_for(args, model)  # a large folder is read one chunk at a time
-    frames, seconds, taken = [], 0.0, set()
+    frames, seconds, taken, params = [], 0.0, set(), {}
     with out.writing() as tmp, tqdm(total=count, unit="img", disable=True if args.quiet else None) as bar:
         for batch in chunks:
-            rows, time_s = _attack_chunk(args, model, batch.to(model.device), taken, tmp / "images")
+            rows, time_s, params = _attack_chunk(args, model, batch.to(model.device), taken, tmp / "images")
             frames.append(rows)
             seconds += time_s
             bar.update(len(rows))
@@ -79,6 +80,10 @@ def _cmd_attack(args: argparse.Namespace) -> None:
             raise AdvlensError(f"no readable image in --images {args.images}")
         rows = pd.concat(frames, ignore_index=True)
         write_parquet(rows, tmp / "results.parquet")
+        # what ran, defaults resolved by the attack itself (unset flags are the attack's own defaults)
+        plain = {k: v for k, v in params.items() if isinstance(v, (bool, int, float, str, type(None)))}
+        write_json({"model": model.name, "images": str(args.images), "count": len(rows), "seed": args.seed,
+                    "target": args.target, "use_labels": args.use_labels, "params": plain}, tmp / "attack.json")
     if len(rows) <= 50:
         print(rows.to_string(index=False))
     print(f"success rate {rows.success.mean():.1%} of {len(rows)} images in {seconds:.1f} s; wrote {args.out}")
