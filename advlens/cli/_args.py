@@ -14,7 +14,7 @@ from collections.abc import Callable
 from .._checks import AdvlensError
 
 __all__ = ["Parser", "library_default", "positive_int", "natural_int", "positive_float", "natural_float", "batch_size_arg", "layers_arg",
-           "overwrite_arg", "common", "speed_args", "data_args", "model_args", "model_options", "param_pairs", "output_dir",
+           "overwrite_arg", "eval_attack_args", "common", "speed_args", "data_args", "model_args", "model_options", "param_pairs", "output_dir",
            "load_model_for", "load_model_with_speed", "stream_images_for", "load_model_and_images", "load_images_for", "printable", "one_line"]
 
 
@@ -105,6 +105,20 @@ def library_default(fn: object, name: str) -> object:
     import inspect
 
     return inspect.signature(fn).parameters[name].default
+
+
+def eval_attack_args(sp: argparse.ArgumentParser) -> None:
+    """``--attack/--eps/--steps/--alpha`` of the evaluation commands (``detect eval``, ``defend eval``): by
+    default the evaluations' PGD (:data:`advlens.attacks.pgd.EVAL_PGD`) with the attack's own step."""
+    from ..attacks.pgd import EVAL_PGD
+
+    sp.add_argument("--attack", default="pgd", help="attack method (default pgd)")
+    sp.add_argument("--eps", type=positive_float, default=EVAL_PGD["eps"],
+                    help=f"L-inf budget of fgsm/pgd (default {EVAL_PGD['eps']}, the evaluations' PGD)")
+    sp.add_argument("--steps", type=positive_int, default=EVAL_PGD["steps"],
+                    help=f"PGD steps (default {EVAL_PGD['steps']})")
+    sp.add_argument("--alpha", type=positive_float, default=None,
+                    help="PGD step (default: the attack's, eps/4; the presets use eps/8)")
 
 
 def common(sp: argparse.ArgumentParser, out: str | None) -> None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import (common, data_args, library_default, load_images_for, load_model_for, natural_float, overwrite_arg,
-                    param_pairs, positive_float, positive_int)
+from ._args import (common, data_args, eval_attack_args, library_default, load_images_for, load_model_for,
+                    natural_float, overwrite_arg, param_pairs, positive_float, positive_int)
 
 __all__ = ["add_parsers"]
 
@@ -67,7 +67,6 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 def add_parsers(sub) -> None:
     """Register ``advlens defend train|eval`` on the main parser's ``sub``."""
-    from ..attacks.pgd import EVAL_PGD
     from ..defend.recipes import FGSM_FORMS, OBJECTIVES, ROBUST_GAMMA, TRAINING_RECIPES, adversarial_train
     from ..defend.transforms import TRANSFORMS
     from ..models.small_vgg import TRAINABLE_DATA
@@ -112,13 +111,7 @@ def add_parsers(sub) -> None:
     sp.add_argument("--defense", required=True, help=f"input transform: {', '.join(TRANSFORMS)}")
     sp.add_argument("--defense-param", action="append", metavar="KEY=VALUE",
                     help="transform parameter, e.g. k=3, bits=3, sigma=1, quality=75 (repeatable)")
-    sp.add_argument("--attack", default="pgd", help="attack method (default pgd)")
-    sp.add_argument("--eps", type=positive_float, default=EVAL_PGD["eps"],
-                    help=f"L-inf budget of fgsm/pgd (default {EVAL_PGD['eps']}, the evaluations' PGD)")
-    sp.add_argument("--steps", type=positive_int, default=EVAL_PGD["steps"],
-                    help=f"PGD steps (default {EVAL_PGD['steps']})")
-    sp.add_argument("--alpha", type=positive_float, default=None,
-                    help="PGD step (default: the attack's, eps/4; the presets use eps/8)")
+    eval_attack_args(sp)
     sp.add_argument("--eot", type=positive_int, default=8, help="EOT draws against random transforms (default 8)")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE", help="other attack parameters (repeatable)")
     sp.set_defaults(fn=_cmd_eval)

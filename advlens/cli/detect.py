@@ -9,8 +9,8 @@ import argparse
 from pathlib import Path
 
 from .._checks import AdvlensError
-from ._args import (common, data_args, load_images_for, load_model_for, model_options, output_dir, overwrite_arg,
-                    param_pairs, positive_float, positive_int)
+from ._args import (common, data_args, eval_attack_args, load_images_for, load_model_for, model_options, output_dir,
+                    overwrite_arg, param_pairs, positive_float)
 
 __all__ = ["add_parsers", "model_for"]
 
@@ -126,7 +126,6 @@ def _cmd_eval(args: argparse.Namespace) -> None:
 
 def add_parsers(sub) -> None:
     """Register ``advlens detect`` and its three subcommands on the main parser's ``sub``."""
-    from ..attacks.pgd import EVAL_PGD
     from ..detect import DETECTORS
 
     p = sub.add_parser("detect", help="fit, apply and evaluate adversarial-input detectors (seeds 002, 004)")
@@ -157,13 +156,7 @@ def add_parsers(sub) -> None:
     sp = dsub.add_parser("eval", help="TPR / TNR / ROC-AUC of a saved detector against an attack and matched noise")
     sp.add_argument("detector_file", help="a detector written by `advlens detect fit`")
     shared(sp, "test", "advlens-detect-eval")
-    sp.add_argument("--attack", default="pgd", help="attack method (default pgd)")
-    sp.add_argument("--eps", type=positive_float, default=EVAL_PGD["eps"],
-                    help=f"PGD L-inf budget (default {EVAL_PGD['eps']}, the evaluations' PGD)")
-    sp.add_argument("--steps", type=positive_int, default=EVAL_PGD["steps"],
-                    help=f"PGD steps (default {EVAL_PGD['steps']})")
-    sp.add_argument("--alpha", type=positive_float, default=None,
-                    help="PGD step (default: the attack's, eps/4; the presets use eps/8)")
+    eval_attack_args(sp)
     sp.add_argument("--strengths", type=positive_float, nargs="+", default=[0.25, 0.5, 1.0, 2.0, 4.0],
                     help="perturbation scales (seed 002: 0.25 … 4)")
     sp.add_argument("--param", action="append", metavar="KEY=VALUE", help="other attack parameters (repeatable)")
